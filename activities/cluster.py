@@ -1,0 +1,227 @@
+"""Cluster activities: provision nodes, sync files, start/watch/kill job phases, stop, down.
+
+Methods on a class holding injected providers: the worker passes real ones, tests pass
+fakes. Each method is safe to run twice (a retry after a worker crash).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+from temporalio import activity
+from temporalio.exceptions import CancelledError
+
+from skyloom.activities.errors import ErrorKind, provider_error
+from skyloom.activities.models import (
+    ClusterHandle,
+    ClusterRef,
+    KillInput,
+    NodeInfo,
+    Phase,
+    PhaseInput,
+    PhaseResult,
+    ProvisionInput,
+    SyncInput,
+    job_dir,
+    workdir_path,
+)
+from skyloom.activities.providers.base import Provider
+from skyloom.activities.runners import Runner, write_env_file
+
+# A phase whose claim exists but that never wrote a pid for this long was lost while
+# starting (its starter died between claiming and spawning): report it killed.
+_LOST_START_SECONDS = 60.0
+
+
+class Providers:
+    """Providers by infra name; `ssh/pool` and `aws/us-east-1` resolve by their head."""
+
+    def __init__(self, providers: Mapping[str, Provider]) -> None:
+        self._by_name = dict(providers)
+
+    def get(self, infra: str) -> Provider:
+        name = infra.split("/", 1)[0].lower()
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise provider_error(
+                ErrorKind.INVALID_SPEC,
+                f"infra {infra!r} is not enabled on this worker "
+                f"(enabled: {', '.join(sorted(self._by_name))})",
+            ) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._by_name)
+
+
+def skypilot_env(inp: PhaseInput, node: NodeInfo) -> dict[str, str]:
+    """The environment SkyPilot gives a job (or setup) on one node."""
+    ips = "\n".join(n.ip for n in inp.handle.nodes[: inp.num_nodes])
+    gpus = inp.num_gpus_per_node
+    gpus_text = str(int(gpus)) if float(gpus).is_integer() else str(gpus)
+    info = {
+        "cluster_name": inp.handle.cluster,
+        "cloud": inp.handle.infra.split("/")[0],
+        "num_nodes": inp.num_nodes,
+        "ips": [n.ip for n in inp.handle.nodes[: inp.num_nodes]],
+    }
+    if inp.phase is Phase.SETUP:
+        base = {
+            "SKYPILOT_SETUP_NODE_RANK": str(node.rank),
+            "SKYPILOT_SETUP_NODE_IPS": ips,
+            "SKYPILOT_SETUP_NUM_GPUS_PER_NODE": gpus_text,
+        }
+    else:
+        base = {
+            "SKYPILOT_NODE_RANK": str(node.rank),
+            "SKYPILOT_NODE_IPS": ips,
+            "SKYPILOT_NUM_NODES": str(inp.num_nodes),
+            "SKYPILOT_NUM_GPUS_PER_NODE": gpus_text,
+        }
+    return {
+        **base,
+        "SKYPILOT_TASK_ID": inp.task_id,
+        "SKYPILOT_CLUSTER_INFO": json.dumps(info),
+        "SKYLOOM_JOB_ID": str(inp.job_id),
+        "SKYLOOM_CWD": workdir_path(node),
+    }
+
+
+def _phase_dir(node: NodeInfo, inp: PhaseInput | KillInput, phase: Phase) -> str:
+    return f"{job_dir(node, inp.job_id)}/{phase.value}"
+
+
+class ClusterActivities:
+    def __init__(self, providers: Providers, *, sleep: Callable[[float], None] = time.sleep):
+        self.providers = providers
+        self._sleep = sleep
+
+    def _runner(self, handle: ClusterHandle, node: NodeInfo) -> Runner:
+        return self.providers.get(handle.infra).runner(node)
+
+    def _each_node(self, handle: ClusterHandle, nodes: list[NodeInfo], fn: Callable[[NodeInfo], object]) -> list:
+        # Nodes are independent; one slow host must not serialise the others.
+        if len(nodes) == 1:
+            return [fn(nodes[0])]
+        with ThreadPoolExecutor(max_workers=min(16, len(nodes))) as pool:
+            return list(pool.map(fn, nodes))
+
+    @activity.defn(name="provision_nodes")
+    def provision(self, inp: ProvisionInput) -> ClusterHandle:
+        return self.providers.get(inp.infra).launch(inp)
+
+    @activity.defn(name="sync_files")
+    def sync_files(self, inp: SyncInput) -> None:
+        def sync(node: NodeInfo) -> None:
+            runner = self._runner(inp.handle, node)
+            if inp.workdir:
+                activity.heartbeat(f"workdir → node {node.rank}")
+                runner.sync_dir(inp.workdir, workdir_path(node))
+            else:
+                runner.run(f"mkdir -p {workdir_path(node)}").check("mkdir workdir")
+            for target, source in inp.file_mounts.items():
+                activity.heartbeat(f"{source} → {target} on node {node.rank}")
+                runner.sync_dir(source, target)
+
+        self._each_node(inp.handle, inp.handle.nodes, sync)
+
+    @activity.defn(name="start_phase")
+    def start_phase(self, inp: PhaseInput) -> None:
+        """Write the phase's files and start it detached on each node (once per node)."""
+
+        def start(node: NodeInfo) -> None:
+            runner = self._runner(inp.handle, node)
+            d = _phase_dir(node, inp, inp.phase)
+            env = {**inp.envs, **inp.secrets, **skypilot_env(inp, node)}
+            # Rewriting cmd.sh/env before the claim is harmless: the claim decides who runs.
+            runner.put_file(f"{d}/cmd.sh", inp.command + "\n", 0o700)
+            runner.put_file(f"{d}/env", write_env_file(env), 0o600)
+            runner.nodelet("start", d)
+
+        self._each_node(inp.handle, inp.handle.nodes[: inp.num_nodes], start)
+
+    @activity.defn(name="watch_phase")
+    def watch_phase(self, inp: PhaseInput) -> PhaseResult:
+        """Wait until the phase ended on every node; heartbeats while it runs.
+
+        When one rank fails the others are killed (a distributed job cannot go on without
+        a rank), so the result comes back as soon as the failure is known.
+        """
+        nodes = inp.handle.nodes[: inp.num_nodes]
+        codes: list[int | None] = [None] * len(nodes)
+        done = [False] * len(nodes)
+        first_seen_starting: dict[int, float] = {}
+        killed_others = False
+        while True:
+            if activity.is_cancelled():
+                raise CancelledError("watch cancelled")
+
+            def look(node: NodeInfo) -> str:
+                return self._runner(inp.handle, node).nodelet("status", _phase_dir(node, inp, inp.phase))
+
+            pending = [n for n in nodes if not done[n.rank]]
+            for node, state in zip(pending, self._each_node(inp.handle, pending, look), strict=True):
+                word, _, rest = state.partition(" ")
+                if word == "exited":
+                    codes[node.rank], done[node.rank] = int(rest), True
+                elif word == "killed":
+                    codes[node.rank], done[node.rank] = None, True
+                elif word in ("starting", "pending"):
+                    since = first_seen_starting.setdefault(node.rank, time.monotonic())
+                    if time.monotonic() - since > _LOST_START_SECONDS:
+                        codes[node.rank], done[node.rank] = None, True
+            if all(done):
+                return PhaseResult(exit_codes=codes)
+            failed = any(d and c != 0 for d, c in zip(done, codes, strict=True))
+            if failed and not killed_others:
+                killed_others = True
+                self._each_node(
+                    inp.handle,
+                    [n for n in nodes if not done[n.rank]],
+                    lambda n: self._runner(inp.handle, n).nodelet("kill", _phase_dir(n, inp, inp.phase)),
+                )
+                continue
+            activity.heartbeat(sum(done))
+            self._sleep(inp.poll_seconds)
+
+    @activity.defn(name="kill_job")
+    def kill_job(self, inp: KillInput) -> None:
+        """Kill both phases of a job on every node; a job that never started stays unstarted."""
+
+        def kill(node: NodeInfo) -> None:
+            runner = self._runner(inp.handle, node)
+            for phase in (Phase.SETUP, Phase.RUN):
+                d = _phase_dir(node, inp, phase)
+                runner.run(f"mkdir -p {d}").check("mkdir")
+                runner.nodelet("kill", d)
+
+        self._each_node(inp.handle, inp.handle.nodes, kill)
+
+    @activity.defn(name="stop_nodes")
+    def stop_nodes(self, ref: ClusterRef) -> None:
+        if ref.handle is not None:
+            self.providers.get(ref.infra).stop(ref.handle)
+
+    @activity.defn(name="start_nodes")
+    def start_nodes(self, ref: ClusterRef) -> ClusterHandle:
+        assert ref.handle is not None, "start needs the handle of a launched cluster"
+        return self.providers.get(ref.infra).start(ref.handle)
+
+    @activity.defn(name="terminate_nodes")
+    def terminate_nodes(self, ref: ClusterRef) -> None:
+        self.providers.get(ref.infra).terminate(ref.cluster)
+
+    def all(self) -> list[Callable]:
+        return [
+            self.provision,
+            self.sync_files,
+            self.start_phase,
+            self.watch_phase,
+            self.kill_job,
+            self.stop_nodes,
+            self.start_nodes,
+            self.terminate_nodes,
+        ]

@@ -1,0 +1,1 @@
+"""One provider per infra behind one small interface (see base.py)."""

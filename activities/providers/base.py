@@ -1,0 +1,60 @@
+"""The provider interface: what every infra (local, ssh, aws, gcp, azure, kubernetes) does.
+
+Contract of every method:
+- idempotent: it may run twice after a worker crash, so find by name/tags before create;
+- fast to return: no long blocking waits; the workflow polls or the activity heartbeats;
+- `terminate` succeeds when the nodes are already gone.
+Failures are raised as typed errors from `skyloom.activities.errors`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from skyloom.activities.models import ClusterHandle, NodeInfo, ProvisionInput
+from skyloom.activities.runners import Runner
+
+
+@dataclass
+class CheckResult:
+    infra: str
+    enabled: bool
+    reason: str = ""
+
+
+class Provider(ABC):
+    """Turns a cluster name into nodes and back. Capabilities beyond these are opt-in."""
+
+    name: str
+
+    @abstractmethod
+    def launch(self, req: ProvisionInput) -> ClusterHandle:
+        """Nodes for the cluster, creating only those that do not exist yet."""
+
+    @abstractmethod
+    def terminate(self, cluster: str) -> None:
+        """Release every node of the cluster; no error when nothing is left."""
+
+    @abstractmethod
+    def runner(self, node: NodeInfo) -> Runner:
+        """How to run commands on one node."""
+
+    def stop(self, handle: ClusterHandle) -> None:
+        """Stop the nodes, keeping their disks (default: stop every job on them)."""
+        for node in handle.nodes:
+            self.runner(node).run(_KILL_ALL_JOBS.format(root=node.root), timeout=30)
+
+    def start(self, handle: ClusterHandle) -> ClusterHandle:
+        """Bring stopped nodes back; returns the handle (addresses may change)."""
+        return handle
+
+    def check(self) -> CheckResult:
+        return CheckResult(self.name, True)
+
+
+# Kills every job process group recorded under a node's job directories.
+_KILL_ALL_JOBS = (
+    'for p in {root}/jobs/*/*/pid; do [ -f "$p" ] && kill -KILL -- "-$(cat "$p")" 2>/dev/null; '
+    "done; true"
+)

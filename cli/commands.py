@@ -1,0 +1,287 @@
+"""The bodies of the CLI commands: turn flags into client calls and render the answers."""
+
+from __future__ import annotations
+
+import secrets as _secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from skyloom.cli import render
+from skyloom.cli.main import EXIT_FAILED, BadInput, _echo_json, run_with_client
+from skyloom.client.api import SkyloomClient, job_spec_from_task
+from skyloom.client.config import user
+from skyloom.spec.loader import SpecError, load_task_file, parse_task
+from skyloom.spec.models import Task
+from skyloom.workflows.models import AutostopConfig, ClusterStatus, JobStatus, cluster_workflow_id
+
+
+def task_from_args(
+    yaml_path: str | None, entrypoint: tuple[str, ...], overrides: dict[str, Any]
+) -> tuple[Task, Path]:
+    """The task from a YAML file or an inline command, with command-line overrides applied."""
+    base_dir = Path.cwd()
+    command = " ".join(entrypoint) if entrypoint else None
+    if yaml_path and not Path(yaml_path).exists() and not yaml_path.endswith((".yaml", ".yml")):
+        command, yaml_path = " ".join([yaml_path, *entrypoint]), None
+    if yaml_path:
+        if entrypoint:
+            raise BadInput(f"give either a task YAML or a command, not both ({yaml_path} {command})")
+        try:
+            pipeline = load_task_file(yaml_path)
+        except SpecError as e:
+            raise BadInput(str(e)) from None
+        if len(pipeline.tasks) > 1:
+            raise BadInput(f"{yaml_path}: a pipeline of {len(pipeline.tasks)} tasks runs as a "
+                           "managed job (`skyloom jobs launch`), not on a cluster")
+        task = pipeline.tasks[0]
+        base_dir = Path(yaml_path).resolve().parent
+    else:
+        task = Task(run=command)
+    data = task.model_dump(exclude_unset=True, by_alias=True)
+    res = data.setdefault("resources", {})
+    for key in ("infra", "accelerators", "cpus", "memory", "use_spot"):
+        if overrides.get(key) is not None:
+            if key == "infra":
+                for legacy in ("cloud", "region", "zone"):
+                    res.pop(legacy, None)
+            res[key] = overrides[key]
+    for key in ("name", "num_nodes", "workdir"):
+        if overrides.get(key) is not None:
+            data[key] = overrides[key]
+    if overrides.get("workdir"):
+        base_dir = Path.cwd()
+    try:
+        return parse_task(data, "command line"), base_dir
+    except SpecError as e:
+        raise BadInput(str(e)) from None
+
+
+def _infra(task: Task) -> str:
+    cand = task.resources.candidates()[0]
+    if cand.infra:
+        return cand.infra
+    cloud, region, _ = cand.placement()
+    return "/".join(x for x in (cloud, region) if x) or "local"
+
+
+def _check_local_paths(task: Task, base_dir: Path) -> None:
+    def resolve(p: str) -> Path:
+        path = Path(p).expanduser()
+        return path if path.is_absolute() else base_dir / path
+
+    if isinstance(task.workdir, str) and not resolve(task.workdir).is_dir():
+        raise BadInput(f"workdir: {task.workdir!r} is not a directory (resolved to "
+                       f"{resolve(task.workdir)})")
+    for target, src in task.file_mounts.items():
+        if isinstance(src, str) and "://" not in src and not resolve(src).exists():
+            raise BadInput(f"file_mounts.{target}: source {src!r} does not exist")
+
+
+def _autostop(task: Task, idle: int | None, down: bool) -> AutostopConfig | None:
+    if idle is not None:
+        return AutostopConfig(idle_minutes=idle, down=down)
+    if down:
+        return AutostopConfig(idle_minutes=0, down=True)
+    a = task.resources.autostop
+    if a is not None and a.enabled:
+        return AutostopConfig(idle_minutes=a.idle_minutes, down=a.down)
+    return None
+
+
+def launch(task: Task, base_dir: Path, *, cluster: str | None, detach: bool, dryrun: bool,
+           yes: bool, envs: dict[str, str], secrets: dict[str, str], idle: int | None,
+           down: bool) -> None:
+    from skyloom.spec.capabilities import gaps
+
+    infra = _infra(task)
+    found = gaps(task, infra)
+    blocking = [g for g in found if g.blocking]
+    if blocking:
+        raise BadInput("not supported yet:\n" + "\n".join(f"  {g.field}: {g.why}" for g in blocking))
+    for g in found:
+        click.echo(f"Note: {g.field}: {g.why}", err=True)
+    _check_local_paths(task, base_dir)
+    name = cluster or f"sky-{_secrets.token_hex(2)}-{user()}"
+    autostop = _autostop(task, idle, down)
+    job = job_spec_from_task(task, base_dir=base_dir, envs=envs, secrets=secrets)
+    click.echo(render.plan(name, infra, task, autostop))
+    if dryrun:
+        click.echo("Dry run: nothing started.")
+        return
+    if not yes and sys.stdin.isatty():
+        click.confirm(f"Launch on cluster {name!r}?", default=True, abort=True)
+
+    async def go(sky: SkyloomClient) -> int:
+        job_id, created = await sky.launch(
+            name, infra=infra, num_nodes=task.num_nodes,
+            resources=task.resources.candidates()[0].model_dump(mode="json", exclude_none=True),
+            job=job, autostop=autostop,
+        )
+        verb = "Launching new cluster" if created else "Using existing cluster"
+        click.echo(f"{verb} {name}; job {job_id} submitted.")
+        click.echo(f"Workflow: {sky.ui_link(cluster_workflow_id(name))}")
+        if detach:
+            click.echo(f"Follow with: skyloom logs {name} {job_id}")
+            return 0
+        from skyloom.cli.logs import stream_job
+
+        final = await stream_job(sky, name, job_id, follow=True)
+        return _report(sky, name, final)
+
+    sys.exit(run_with_client(go))
+
+
+def _report(sky: SkyloomClient, name: str, job: Any) -> int:
+    ok = job.status is JobStatus.SUCCEEDED
+    detail = f" ({job.reason})" if job.reason and not ok else ""
+    click.echo(f"Job {job.id} {job.status.value}{detail}.", err=not ok)
+    click.echo(f"Cluster {name}: {sky.ui_link(cluster_workflow_id(name))}")
+    return 0 if ok else EXIT_FAILED
+
+
+def exec_job(task: Task, base_dir: Path, cluster: str, *, detach: bool, envs: dict[str, str],
+             secrets: dict[str, str]) -> None:
+    _check_local_paths(task, base_dir)
+    job = job_spec_from_task(task, base_dir=base_dir, envs=envs, secrets=secrets, include_setup=False)
+
+    async def go(sky: SkyloomClient) -> int:
+        job_id = await sky.exec(cluster, job)
+        click.echo(f"Job {job_id} queued on {cluster}.")
+        if detach:
+            click.echo(f"Follow with: skyloom logs {cluster} {job_id}")
+            return 0
+        from skyloom.cli.logs import stream_job
+
+        return _report(sky, cluster, await stream_job(sky, cluster, job_id, follow=True))
+
+    sys.exit(run_with_client(go))
+
+
+def status(names: tuple[str, ...], *, refresh: bool, as_json: bool) -> None:
+    async def go(sky: SkyloomClient) -> list[dict]:
+        rows = [c.to_dict() for c in await sky.list_clusters() if not names or c.name in names]
+        if refresh:
+            for row in rows:
+                d = await sky.describe(row["name"])
+                row["status"] = d.status.value
+        for row in rows:
+            row["ui_url"] = sky.ui_link(row["workflow_id"])
+        return rows
+
+    rows = run_with_client(go)
+    if as_json:
+        _echo_json(rows)
+    else:
+        render.clusters(rows)
+
+
+def queue(cluster: str, *, skip_finished: bool, as_json: bool) -> None:
+    async def go(sky: SkyloomClient) -> list[dict]:
+        desc = await sky.describe(cluster)
+        return [
+            j.model_dump(mode="json") for j in desc.jobs
+            if not (skip_finished and j.status.terminal)
+        ]
+
+    jobs = run_with_client(go)
+    if as_json:
+        _echo_json(jobs)
+    else:
+        render.jobs(cluster, jobs)
+
+
+def logs(cluster: str, job_id: int | None, *, follow: bool, tail: int | None, rank: int) -> None:
+    from skyloom.cli.logs import stream_job
+
+    async def go(sky: SkyloomClient) -> int:
+        final = await stream_job(sky, cluster, job_id, follow=follow, tail=tail, rank=rank)
+        if follow and final.status.terminal and final.status is not JobStatus.SUCCEEDED:
+            click.echo(f"Job {final.id} {final.status.value}.", err=True)
+            return EXIT_FAILED
+        return 0
+
+    sys.exit(run_with_client(go))
+
+
+def cancel(cluster: str, job_ids: list[int], all_jobs: bool) -> None:
+    async def go(sky: SkyloomClient) -> list[int]:
+        return await sky.cancel(cluster, job_ids, all_jobs)
+
+    done = run_with_client(go)
+    click.echo(f"Cancelled job(s) {', '.join(map(str, done))} on {cluster}." if done
+               else f"No job to cancel on {cluster}.")
+
+
+def lifecycle(verb: str, names: tuple[str, ...], *, all_clusters: bool, yes: bool) -> None:
+    async def targets(sky: SkyloomClient) -> list[str]:
+        return list(names) if not all_clusters else [c.name for c in await sky.list_clusters()]
+
+    async def go(sky: SkyloomClient) -> int:
+        clusters = await targets(sky)
+        if not clusters:
+            click.echo("No cluster.")
+            return 0
+        if verb in ("stop", "down") and not yes and sys.stdin.isatty():
+            click.confirm(f"{verb.capitalize()} {', '.join(clusters)}?", default=True, abort=True)
+        for name in clusters:
+            desc = await getattr(sky, verb)(name)
+            shown = "DOWN" if desc.status is ClusterStatus.TERMINATED else desc.status.value
+            click.echo(f"{name}: {shown}  {sky.ui_link(cluster_workflow_id(name))}")
+        return 0
+
+    sys.exit(run_with_client(go))
+
+
+def autostop(cluster: str, idle: int | None, down: bool) -> None:
+    async def go(sky: SkyloomClient) -> Any:
+        return await sky.autostop(cluster, idle, down)
+
+    desc = run_with_client(go)
+    a = desc.autostop
+    if a.idle_minutes is None:
+        click.echo(f"{cluster}: autostop off.")
+    else:
+        click.echo(f"{cluster}: {'down' if a.down else 'stop'} after {a.idle_minutes} idle minute(s).")
+
+
+def check() -> None:
+    from skyloom.spec.capabilities import SUPPORTED_INFRA
+    from skyloom.spec.models import CLOUDS
+
+    for name in CLOUDS:
+        if name in SUPPORTED_INFRA:
+            click.echo(f"  {name}: enabled")
+    others = [c for c in CLOUDS if c not in SUPPORTED_INFRA]
+    click.echo(f"  not supported yet: {', '.join(others)}")
+
+
+def engine(action: str, *, as_json: bool) -> None:
+    from skyloom.client.config import external_target, home
+    from skyloom.worker.engine import EmbeddedEngine, EngineError
+
+    ext = external_target()
+    if ext is not None:
+        info = {"address": ext.address, "ui_url": ext.ui_url, "embedded": False,
+                "server_pid": None, "worker_pid": None}
+        if as_json:
+            _echo_json(info)
+        else:
+            click.echo(f"TEMPORAL_ADDRESS={ext.address}: using that engine; the embedded one is "
+                       "not used (run `skyloom worker` where the work should run).")
+        return
+    eng = EmbeddedEngine(home())
+    try:
+        st = {"start": eng.ensure, "stop": eng.stop, "status": eng.status}[action]()
+    except EngineError as e:
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(3)
+    data = {**st.to_dict(), "embedded": True}
+    if as_json:
+        _echo_json(data)
+    else:
+        render.engine(data)
+    if action == "status" and not st.server_running:
+        sys.exit(3)

@@ -1,0 +1,3 @@
+from skyloom.worker.main import main
+
+main()

@@ -1,0 +1,75 @@
+"""The worker process: registers skyloom's workflows and activities on the task queue.
+
+`skyloom worker` runs it in the foreground (production: as many as needed, anywhere);
+the embedded engine runs one detached with `--embedded`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from temporalio.worker import Worker
+
+from skyloom.activities.cluster import ClusterActivities
+from skyloom.client.config import EngineTarget, external_target, home
+from skyloom.client.connection import connect
+from skyloom.worker.providers import build_providers
+from skyloom.workflows.cluster import ClusterWorkflow
+from skyloom.workflows.models import TASK_QUEUE
+
+log = logging.getLogger("skyloom.worker")
+
+# Activities are blocking (subprocess, SSH): they run in threads. Watchers hold one each
+# for the life of a job phase.
+MAX_ACTIVITIES = 200
+
+
+async def run_worker(target: EngineTarget, state: Path, ready_file: Path | None = None) -> None:
+    client = await connect(target)
+    activities = ClusterActivities(build_providers(state))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    with ThreadPoolExecutor(max_workers=MAX_ACTIVITIES) as pool:
+        worker = Worker(
+            client,
+            task_queue=TASK_QUEUE,
+            workflows=[ClusterWorkflow],
+            activities=activities.all(),
+            activity_executor=pool,
+            max_concurrent_activities=MAX_ACTIVITIES,
+        )
+        async with worker:
+            log.info("worker polling %s on %s (pid %d)", TASK_QUEUE, target.address, os.getpid())
+            if ready_file is not None:
+                ready_file.write_text(str(os.getpid()))
+            await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="skyloom worker")
+    parser.add_argument("--embedded", action="store_true", help="serve the embedded engine")
+    parser.add_argument("--ready-file", type=Path, help="written with our pid once polling")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    state = home()
+    if args.embedded:
+        from skyloom.worker.engine import EmbeddedEngine
+
+        target = EmbeddedEngine(state).target()
+    else:
+        target = external_target() or _embedded_or_fail(state)
+    asyncio.run(run_worker(target, state, args.ready_file))
+
+
+def _embedded_or_fail(state: Path) -> EngineTarget:
+    from skyloom.worker.engine import EmbeddedEngine
+
+    return EmbeddedEngine(state).target()

@@ -1,0 +1,173 @@
+"""Inputs, results and state of the cluster workflow: the payloads clients send and read.
+
+These are the documented JSON shapes for clients in other languages; fields may be added,
+never repurposed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+from skyloom.activities.models import ClusterHandle
+
+TASK_QUEUE = "skyloom"
+CLUSTER_WORKFLOW = "ClusterWorkflow"
+
+
+def cluster_workflow_id(name: str) -> str:
+    return f"cluster-{name}"
+
+
+class ClusterStatus(StrEnum):
+    INIT = "INIT"
+    UP = "UP"
+    STOPPED = "STOPPED"
+    # Not a SkyPilot state: the workflow's last word, after which it is no longer listed.
+    TERMINATED = "TERMINATED"
+
+
+class JobStatus(StrEnum):
+    PENDING = "PENDING"
+    SETTING_UP = "SETTING_UP"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    FAILED_SETUP = "FAILED_SETUP"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.FAILED_SETUP, JobStatus.CANCELLED}
+
+
+class JobSpec(BaseModel):
+    """What one job runs. `secrets` never leave the workflow through queries or memo."""
+
+    name: str | None = None
+    setup: str | None = None
+    run: str | None = None
+    envs: dict[str, str] = Field(default_factory=dict)
+    secrets: dict[str, str] = Field(default_factory=dict)
+    workdir: str | None = None
+    file_mounts: dict[str, str] = Field(default_factory=dict)
+    num_nodes: int = 1
+    num_gpus_per_node: float = 0
+
+
+class JobRecord(BaseModel):
+    id: int
+    name: str | None = None
+    status: JobStatus = JobStatus.PENDING
+    submitted_at: datetime
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    exit_code: int | None = None
+    failed_rank: int | None = None
+    reason: str | None = None
+    num_nodes: int = 1
+    has_setup: bool = False
+    spec: JobSpec
+
+
+class AutostopConfig(BaseModel):
+    idle_minutes: int | None = None  # None: autostop off
+    down: bool = False
+
+
+class ClusterInput(BaseModel):
+    name: str
+    infra: str = "local"
+    num_nodes: int = 1
+    resources: dict = Field(default_factory=dict)
+    autostop: AutostopConfig = Field(default_factory=AutostopConfig)
+    user: str = ""
+    # Seconds between looks at a running job on its nodes.
+    poll_seconds: float = 1.0
+    # Set when the workflow continues as new: everything it knew.
+    carried: ClusterState | None = None
+
+
+class ClusterState(BaseModel):
+    status: ClusterStatus = ClusterStatus.INIT
+    handle: ClusterHandle | None = None
+    jobs: list[JobRecord] = Field(default_factory=list)
+    next_job_id: int = 1
+    launched_at: datetime | None = None
+    last_active: datetime | None = None
+    autostop: AutostopConfig = Field(default_factory=AutostopConfig)
+    reason: str | None = None
+
+
+class SubmitJobInput(BaseModel):
+    spec: JobSpec
+
+
+class SubmitJobResult(BaseModel):
+    job_id: int
+
+
+class CancelJobsInput(BaseModel):
+    job_ids: list[int] = Field(default_factory=list)
+    all: bool = False
+
+
+class CancelJobsResult(BaseModel):
+    cancelled: list[int]
+
+
+class StopInput(BaseModel):
+    pass
+
+
+class DownInput(BaseModel):
+    pass
+
+
+class StartInput(BaseModel):
+    pass
+
+
+class AutostopInput(BaseModel):
+    idle_minutes: int | None  # None or negative: cancel autostop
+    down: bool = False
+
+
+class JobView(BaseModel):
+    """A job as clients see it (no secrets)."""
+
+    id: int
+    name: str | None
+    status: JobStatus
+    submitted_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+    exit_code: int | None
+    failed_rank: int | None
+    reason: str | None
+    num_nodes: int
+    has_setup: bool
+
+
+class ClusterDescription(BaseModel):
+    name: str
+    status: ClusterStatus
+    infra: str
+    num_nodes: int
+    resources: dict
+    handle: ClusterHandle | None
+    launched_at: datetime | None
+    autostop: AutostopConfig
+    reason: str | None
+    jobs: list[JobView]
+
+
+class ClusterResult(BaseModel):
+    name: str
+    status: ClusterStatus
+    reason: str | None = None
