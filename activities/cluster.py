@@ -11,9 +11,6 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
-from temporalio import activity
-from temporalio.exceptions import CancelledError
-
 from skyloom.activities.errors import ErrorKind, provider_error
 from skyloom.activities.models import (
     ClusterHandle,
@@ -30,6 +27,8 @@ from skyloom.activities.models import (
 )
 from skyloom.activities.providers.base import Provider
 from skyloom.activities.runners import Runner, write_env_file
+from temporalio import activity
+from temporalio.exceptions import CancelledError
 
 # A phase whose claim exists but that never wrote a pid for this long was lost while
 # starting (its starter died between claiming and spawning): report it killed.
@@ -102,7 +101,9 @@ class ClusterActivities:
     def _runner(self, handle: ClusterHandle, node: NodeInfo) -> Runner:
         return self.providers.get(handle.infra).runner(node)
 
-    def _each_node(self, handle: ClusterHandle, nodes: list[NodeInfo], fn: Callable[[NodeInfo], object]) -> list:
+    def _each_node(
+        self, handle: ClusterHandle, nodes: list[NodeInfo], fn: Callable[[NodeInfo], object]
+    ) -> list:
         # Nodes are independent; one slow host must not serialise the others.
         if len(nodes) == 1:
             return [fn(nodes[0])]
@@ -160,10 +161,14 @@ class ClusterActivities:
                 raise CancelledError("watch cancelled")
 
             def look(node: NodeInfo) -> str:
-                return self._runner(inp.handle, node).nodelet("status", _phase_dir(node, inp, inp.phase))
+                return self._runner(inp.handle, node).nodelet(
+                    "status", _phase_dir(node, inp, inp.phase)
+                )
 
             pending = [n for n in nodes if not done[n.rank]]
-            for node, state in zip(pending, self._each_node(inp.handle, pending, look), strict=True):
+            for node, state in zip(
+                pending, self._each_node(inp.handle, pending, look), strict=True
+            ):
                 word, _, rest = state.partition(" ")
                 if word == "exited":
                     codes[node.rank], done[node.rank] = int(rest), True
@@ -181,7 +186,9 @@ class ClusterActivities:
                 self._each_node(
                     inp.handle,
                     [n for n in nodes if not done[n.rank]],
-                    lambda n: self._runner(inp.handle, n).nodelet("kill", _phase_dir(n, inp, inp.phase)),
+                    lambda n: self._runner(inp.handle, n).nodelet(
+                        "kill", _phase_dir(n, inp, inp.phase)
+                    ),
                 )
                 continue
             activity.heartbeat(sum(done))

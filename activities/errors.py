@@ -40,6 +40,6 @@ def kind_of(err: BaseException) -> ErrorKind | None:
     cause: BaseException | None = err
     while cause is not None:
         if isinstance(cause, ApplicationError) and cause.type in ErrorKind._value2member_map_:
-            return ErrorKind(cause.type)
+            return ErrorKind(str(cause.type))
         cause = cause.__cause__
     return None

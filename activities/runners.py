@@ -136,7 +136,8 @@ def _copy_with_ignores(src: Path, dst: Path) -> None:
         f = src / name
         if f.exists():
             patterns += [
-                ln.strip().strip("/") for ln in f.read_text().splitlines()
+                ln.strip().strip("/")
+                for ln in f.read_text().splitlines()
                 if ln.strip() and not ln.startswith("#")
             ]
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-
 from skyloom.cli import render
 from skyloom.cli.main import EXIT_FAILED, BadInput, _echo_json, run_with_client
 from skyloom.client.api import SkyloomClient, job_spec_from_task
@@ -28,14 +27,18 @@ def task_from_args(
         command, yaml_path = " ".join([yaml_path, *entrypoint]), None
     if yaml_path:
         if entrypoint:
-            raise BadInput(f"give either a task YAML or a command, not both ({yaml_path} {command})")
+            raise BadInput(
+                f"give either a task YAML or a command, not both ({yaml_path} {command})"
+            )
         try:
             pipeline = load_task_file(yaml_path)
         except SpecError as e:
             raise BadInput(str(e)) from None
         if len(pipeline.tasks) > 1:
-            raise BadInput(f"{yaml_path}: a pipeline of {len(pipeline.tasks)} tasks runs as a "
-                           "managed job (`skyloom jobs launch`), not on a cluster")
+            raise BadInput(
+                f"{yaml_path}: a pipeline of {len(pipeline.tasks)} tasks runs as a "
+                "managed job (`skyloom jobs launch`), not on a cluster"
+            )
         task = pipeline.tasks[0]
         base_dir = Path(yaml_path).resolve().parent
     else:
@@ -73,8 +76,9 @@ def _check_local_paths(task: Task, base_dir: Path) -> None:
         return path if path.is_absolute() else base_dir / path
 
     if isinstance(task.workdir, str) and not resolve(task.workdir).is_dir():
-        raise BadInput(f"workdir: {task.workdir!r} is not a directory (resolved to "
-                       f"{resolve(task.workdir)})")
+        raise BadInput(
+            f"workdir: {task.workdir!r} is not a directory (resolved to {resolve(task.workdir)})"
+        )
     for target, src in task.file_mounts.items():
         if isinstance(src, str) and "://" not in src and not resolve(src).exists():
             raise BadInput(f"file_mounts.{target}: source {src!r} does not exist")
@@ -91,16 +95,28 @@ def _autostop(task: Task, idle: int | None, down: bool) -> AutostopConfig | None
     return None
 
 
-def launch(task: Task, base_dir: Path, *, cluster: str | None, detach: bool, dryrun: bool,
-           yes: bool, envs: dict[str, str], secrets: dict[str, str], idle: int | None,
-           down: bool) -> None:
+def launch(
+    task: Task,
+    base_dir: Path,
+    *,
+    cluster: str | None,
+    detach: bool,
+    dryrun: bool,
+    yes: bool,
+    envs: dict[str, str],
+    secrets: dict[str, str],
+    idle: int | None,
+    down: bool,
+) -> None:
     from skyloom.spec.capabilities import gaps
 
     infra = _infra(task)
     found = gaps(task, infra)
     blocking = [g for g in found if g.blocking]
     if blocking:
-        raise BadInput("not supported yet:\n" + "\n".join(f"  {g.field}: {g.why}" for g in blocking))
+        raise BadInput(
+            "not supported yet:\n" + "\n".join(f"  {g.field}: {g.why}" for g in blocking)
+        )
     for g in found:
         click.echo(f"Note: {g.field}: {g.why}", err=True)
     _check_local_paths(task, base_dir)
@@ -116,9 +132,12 @@ def launch(task: Task, base_dir: Path, *, cluster: str | None, detach: bool, dry
 
     async def go(sky: SkyloomClient) -> int:
         job_id, created = await sky.launch(
-            name, infra=infra, num_nodes=task.num_nodes,
+            name,
+            infra=infra,
+            num_nodes=task.num_nodes,
             resources=task.resources.candidates()[0].model_dump(mode="json", exclude_none=True),
-            job=job, autostop=autostop,
+            job=job,
+            autostop=autostop,
         )
         verb = "Launching new cluster" if created else "Using existing cluster"
         click.echo(f"{verb} {name}; job {job_id} submitted.")
@@ -142,10 +161,19 @@ def _report(sky: SkyloomClient, name: str, job: Any) -> int:
     return 0 if ok else EXIT_FAILED
 
 
-def exec_job(task: Task, base_dir: Path, cluster: str, *, detach: bool, envs: dict[str, str],
-             secrets: dict[str, str]) -> None:
+def exec_job(
+    task: Task,
+    base_dir: Path,
+    cluster: str,
+    *,
+    detach: bool,
+    envs: dict[str, str],
+    secrets: dict[str, str],
+) -> None:
     _check_local_paths(task, base_dir)
-    job = job_spec_from_task(task, base_dir=base_dir, envs=envs, secrets=secrets, include_setup=False)
+    job = job_spec_from_task(
+        task, base_dir=base_dir, envs=envs, secrets=secrets, include_setup=False
+    )
 
     async def go(sky: SkyloomClient) -> int:
         job_id = await sky.exec(cluster, job)
@@ -182,7 +210,8 @@ def queue(cluster: str, *, skip_finished: bool, as_json: bool) -> None:
     async def go(sky: SkyloomClient) -> list[dict]:
         desc = await sky.describe(cluster)
         return [
-            j.model_dump(mode="json") for j in desc.jobs
+            j.model_dump(mode="json")
+            for j in desc.jobs
             if not (skip_finished and j.status.terminal)
         ]
 
@@ -211,8 +240,11 @@ def cancel(cluster: str, job_ids: list[int], all_jobs: bool) -> None:
         return await sky.cancel(cluster, job_ids, all_jobs)
 
     done = run_with_client(go)
-    click.echo(f"Cancelled job(s) {', '.join(map(str, done))} on {cluster}." if done
-               else f"No job to cancel on {cluster}.")
+    click.echo(
+        f"Cancelled job(s) {', '.join(map(str, done))} on {cluster}."
+        if done
+        else f"No job to cancel on {cluster}."
+    )
 
 
 def lifecycle(verb: str, names: tuple[str, ...], *, all_clusters: bool, yes: bool) -> None:
@@ -244,7 +276,9 @@ def autostop(cluster: str, idle: int | None, down: bool) -> None:
     if a.idle_minutes is None:
         click.echo(f"{cluster}: autostop off.")
     else:
-        click.echo(f"{cluster}: {'down' if a.down else 'stop'} after {a.idle_minutes} idle minute(s).")
+        click.echo(
+            f"{cluster}: {'down' if a.down else 'stop'} after {a.idle_minutes} idle minute(s)."
+        )
 
 
 def check() -> None:
@@ -264,13 +298,20 @@ def engine(action: str, *, as_json: bool) -> None:
 
     ext = external_target()
     if ext is not None:
-        info = {"address": ext.address, "ui_url": ext.ui_url, "embedded": False,
-                "server_pid": None, "worker_pid": None}
+        info = {
+            "address": ext.address,
+            "ui_url": ext.ui_url,
+            "embedded": False,
+            "server_pid": None,
+            "worker_pid": None,
+        }
         if as_json:
             _echo_json(info)
         else:
-            click.echo(f"TEMPORAL_ADDRESS={ext.address}: using that engine; the embedded one is "
-                       "not used (run `skyloom worker` where the work should run).")
+            click.echo(
+                f"TEMPORAL_ADDRESS={ext.address}: using that engine; the embedded one is "
+                "not used (run `skyloom worker` where the work should run)."
+            )
         return
     eng = EmbeddedEngine(home())
     try:

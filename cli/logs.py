@@ -53,8 +53,9 @@ async def stream_job(
             # ended is then never missed on the last round.
             chunk = b""
             for phase in (Phase.SETUP, Phase.RUN):
-                data = await asyncio.to_thread(runner.read_file, log_path(node, job.id, phase),
-                                               offsets[phase])
+                data = await asyncio.to_thread(
+                    runner.read_file, log_path(node, job.id, phase), offsets[phase]
+                )
                 offsets[phase] += len(data)
                 chunk += data
             if first and tail is not None:

@@ -8,6 +8,7 @@ unreachable. Heavy modules (temporalio, pydantic, rich) are imported inside comm
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -77,14 +78,21 @@ def _load_task(path: str) -> Task:
     except SpecError as e:
         raise BadInput(str(e)) from None
     if len(pipeline.tasks) > 1:
-        raise BadInput(f"{path}: a pipeline of {len(pipeline.tasks)} tasks runs as a managed "
-                       "job (`skyloom jobs launch`), not on a cluster")
+        raise BadInput(
+            f"{path}: a pipeline of {len(pipeline.tasks)} tasks runs as a managed "
+            "job (`skyloom jobs launch`), not on a cluster"
+        )
     return pipeline.tasks[0]
 
 
 def _output_option(f: Callable) -> Callable:
-    return click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
-                        help="Output format.")(f)
+    return click.option(
+        "-o",
+        "--output",
+        type=click.Choice(["table", "json"]),
+        default="table",
+        help="Output format.",
+    )(f)
 
 
 def _echo_json(data: Any) -> None:
@@ -103,7 +111,9 @@ def cli() -> None:
 @cli.command()
 @click.argument("task_yaml", required=False)
 @click.option("-c", "--cluster", help="Cluster name (created if it does not exist).")
-@click.option("-d", "--detach-run", "detach", is_flag=True, help="Return once the job is submitted.")
+@click.option(
+    "-d", "--detach-run", "detach", is_flag=True, help="Return once the job is submitted."
+)
 @click.option("--dryrun", is_flag=True, help="Validate and show the plan; start nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Skip confirmations.")
 @click.option("--infra", help="Where to run: local (default), ssh/<pool>, aws[/region], ...")
@@ -115,25 +125,61 @@ def cli() -> None:
 @click.option("--env", "envs", multiple=True, help="KEY=VALUE (or KEY from the environment).")
 @click.option("--secret", "secrets", multiple=True, help="KEY=VALUE secret, never displayed.")
 @click.option("--workdir", help="Local directory synced to the nodes.")
-@click.option("-i", "--idle-minutes-to-autostop", "idle", type=int, help="Autostop after idle minutes.")
+@click.option(
+    "-i", "--idle-minutes-to-autostop", "idle", type=int, help="Autostop after idle minutes."
+)
 @click.option("--down", is_flag=True, help="Tear down (not stop) when idle; alone: after the job.")
 @click.option("--name", "task_name", help="Task name.")
 @click.argument("entrypoint", nargs=-1)
-def launch(task_yaml: str | None, cluster: str | None, detach: bool, dryrun: bool, yes: bool,
-           infra: str | None, gpus: str | None, cpus: str | None, memory: str | None,
-           num_nodes: int | None, use_spot: bool | None, envs: tuple[str, ...],
-           secrets: tuple[str, ...], workdir: str | None, idle: int | None, down: bool,
-           task_name: str | None, entrypoint: tuple[str, ...]) -> None:
+def launch(
+    task_yaml: str | None,
+    cluster: str | None,
+    detach: bool,
+    dryrun: bool,
+    yes: bool,
+    infra: str | None,
+    gpus: str | None,
+    cpus: str | None,
+    memory: str | None,
+    num_nodes: int | None,
+    use_spot: bool | None,
+    envs: tuple[str, ...],
+    secrets: tuple[str, ...],
+    workdir: str | None,
+    idle: int | None,
+    down: bool,
+    task_name: str | None,
+    entrypoint: tuple[str, ...],
+) -> None:
     """Launch a cluster and run a task on it (TASK_YAML or a command)."""
     from skyloom.cli import commands
 
-    task, base_dir = commands.task_from_args(task_yaml, entrypoint, dict(
-        name=task_name, infra=infra, accelerators=gpus, cpus=cpus, memory=memory,
-        num_nodes=num_nodes, use_spot=use_spot, workdir=workdir,
-    ))
-    commands.launch(task, base_dir, cluster=cluster, detach=detach, dryrun=dryrun, yes=yes,
-                    envs=_pairs(envs, "--env", True), secrets=_pairs(secrets, "--secret", True),
-                    idle=idle, down=down)
+    task, base_dir = commands.task_from_args(
+        task_yaml,
+        entrypoint,
+        dict(
+            name=task_name,
+            infra=infra,
+            accelerators=gpus,
+            cpus=cpus,
+            memory=memory,
+            num_nodes=num_nodes,
+            use_spot=use_spot,
+            workdir=workdir,
+        ),
+    )
+    commands.launch(
+        task,
+        base_dir,
+        cluster=cluster,
+        detach=detach,
+        dryrun=dryrun,
+        yes=yes,
+        envs=_pairs(envs, "--env", True),
+        secrets=_pairs(secrets, "--secret", True),
+        idle=idle,
+        down=down,
+    )
 
 
 @cli.command("exec")
@@ -144,8 +190,15 @@ def launch(task_yaml: str | None, cluster: str | None, detach: bool, dryrun: boo
 @click.option("--secret", "secrets", multiple=True, help="KEY=VALUE secret.")
 @click.option("--num-nodes", type=int, help="Nodes to run on (default: the task's).")
 @click.option("--name", "task_name", help="Job name.")
-def exec_(cluster: str, task_or_command: tuple[str, ...], detach: bool, envs: tuple[str, ...],
-          secrets: tuple[str, ...], num_nodes: int | None, task_name: str | None) -> None:
+def exec_(
+    cluster: str,
+    task_or_command: tuple[str, ...],
+    detach: bool,
+    envs: tuple[str, ...],
+    secrets: tuple[str, ...],
+    num_nodes: int | None,
+    task_name: str | None,
+) -> None:
     """Queue a job on an existing cluster (setup is not run again)."""
     from skyloom.cli import commands
 
@@ -154,8 +207,14 @@ def exec_(cluster: str, task_or_command: tuple[str, ...], detach: bool, envs: tu
     task, base_dir = commands.task_from_args(
         yaml_path, () if yaml_path else task_or_command, dict(name=task_name, num_nodes=num_nodes)
     )
-    commands.exec_job(task, base_dir, cluster, detach=detach,
-                      envs=_pairs(envs, "--env", True), secrets=_pairs(secrets, "--secret", True))
+    commands.exec_job(
+        task,
+        base_dir,
+        cluster,
+        detach=detach,
+        envs=_pairs(envs, "--env", True),
+        secrets=_pairs(secrets, "--secret", True),
+    )
 
 
 # ---- status / queue / logs / cancel ---------------------------------------------------------
@@ -240,7 +299,9 @@ def autostop(cluster: str, idle_minutes: int | None, down: bool, cancel_: bool) 
     """Stop (or tear down) a cluster after it has been idle."""
     from skyloom.cli import commands
 
-    commands.autostop(cluster, None if cancel_ else (5 if idle_minutes is None else idle_minutes), down)
+    commands.autostop(
+        cluster, None if cancel_ else (5 if idle_minutes is None else idle_minutes), down
+    )
 
 
 # ---- spec -------------------------------------------------------------------------------------
@@ -326,4 +387,17 @@ def worker() -> None:
 
 
 def main() -> None:
-    cli(prog_name="skyloom")
+    try:
+        cli(prog_name="skyloom")
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if isinstance(e.code, str):
+            click.echo(e.code, err=True)
+    if "temporalio" in sys.modules:
+        # The Temporal client's native runtime threads can crash interpreter finalization
+        # (PyGILState_Release while finalizing); everything is flushed, so skip it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -43,7 +43,8 @@ def plan(name: str, infra: str, task: Task, autostop: AutostopConfig | None) -> 
         parts.append("gpus=" + ",".join(f"{k}:{v:g}" for k, v in r.accelerators.items() if v))
     stop = ""
     if autostop and autostop.idle_minutes is not None:
-        stop = f"; autostop: {'down' if autostop.down else 'stop'} after {autostop.idle_minutes} idle min"
+        action = "down" if autostop.down else "stop"
+        stop = f"; autostop: {action} after {autostop.idle_minutes} idle min"
     return f"Cluster {name} on {infra}: {', '.join(parts)}{stop}"
 
 
@@ -51,21 +52,42 @@ def clusters(rows: list[dict]) -> None:
     if not rows:
         print("No existing clusters.")
         return
-    _table("Clusters", ["NAME", "INFRA", "NODES", "STATUS", "LAUNCHED", "USER"], [
-        [r["name"], r["infra"], str(r["num_nodes"]), r["status"], _ago(r["launched_at"]), r["user"]]
-        for r in rows
-    ])
+    _table(
+        "Clusters",
+        ["NAME", "INFRA", "NODES", "STATUS", "LAUNCHED", "USER"],
+        [
+            [
+                r["name"],
+                r["infra"],
+                str(r["num_nodes"]),
+                r["status"],
+                _ago(r["launched_at"]),
+                r["user"],
+            ]
+            for r in rows
+        ],
+    )
 
 
 def jobs(cluster: str, rows: list[dict]) -> None:
     if not rows:
         print(f"No jobs on {cluster}.")
         return
-    _table(f"Job queue of {cluster}", ["ID", "NAME", "SUBMITTED", "STATUS", "EXIT", "NODES"], [
-        [str(j["id"]), j["name"] or "-", _ago(j["submitted_at"]), j["status"],
-         "-" if j["exit_code"] is None else str(j["exit_code"]), str(j["num_nodes"])]
-        for j in rows
-    ])
+    _table(
+        f"Job queue of {cluster}",
+        ["ID", "NAME", "SUBMITTED", "STATUS", "EXIT", "NODES"],
+        [
+            [
+                str(j["id"]),
+                j["name"] or "-",
+                _ago(j["submitted_at"]),
+                j["status"],
+                "-" if j["exit_code"] is None else str(j["exit_code"]),
+                str(j["num_nodes"]),
+            ]
+            for j in rows
+        ],
+    )
 
 
 def engine(data: dict) -> None:

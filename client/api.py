@@ -10,14 +10,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-)
-from temporalio.service import RPCError, RPCStatusCode
-
 from skyloom.activities.models import ClusterHandle
 from skyloom.client.config import EngineTarget, user
 from skyloom.spec.models import Task
@@ -40,6 +32,13 @@ from skyloom.workflows.models import (
     SubmitJobResult,
     cluster_workflow_id,
 )
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+)
+from temporalio.service import RPCError, RPCStatusCode
 
 
 class ClusterNotFound(LookupError):

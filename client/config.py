@@ -49,7 +49,9 @@ def external_target() -> EngineTarget | None:
         return None
     api_key = os.environ.get("TEMPORAL_API_KEY") or None
     cert = os.environ.get("TEMPORAL_TLS_CLIENT_CERT_PATH") or None
-    tls = os.environ.get("TEMPORAL_TLS", "").lower() in ("1", "true", "yes") or bool(api_key or cert)
+    tls = os.environ.get("TEMPORAL_TLS", "").lower() in ("1", "true", "yes") or bool(
+        api_key or cert
+    )
     return EngineTarget(
         address=address,
         namespace=os.environ.get("TEMPORAL_NAMESPACE", "default"),

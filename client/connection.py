@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from skyloom.client.config import EngineTarget, external_target, home
 from temporalio.client import Client, TLSConfig
 from temporalio.contrib.pydantic import pydantic_data_converter
-
-from skyloom.client.config import EngineTarget, external_target, home
 
 
 class EngineUnreachable(RuntimeError):

@@ -30,19 +30,34 @@ def gaps(task: Task, infra: str) -> list[Gap]:
     out: list[Gap] = []
     cloud = infra.split("/", 1)[0].lower()
     if cloud not in SUPPORTED_INFRA:
-        out.append(Gap("resources.infra", f"infra {infra!r} is not supported yet "
-                       f"(supported: {', '.join(SUPPORTED_INFRA)})", True))
+        out.append(
+            Gap(
+                "resources.infra",
+                f"infra {infra!r} is not supported yet (supported: {', '.join(SUPPORTED_INFRA)})",
+                True,
+            )
+        )
     r = task.resources
     if r.accelerators and cloud == "local":
         out.append(Gap("resources.accelerators", "the local infra has no accelerators", True))
     if r.any_of or r.ordered:
-        out.append(Gap("resources.any_of/ordered", "failover over candidates is not supported "
-                       "yet; the first candidate is used", False))
+        out.append(
+            Gap(
+                "resources.any_of/ordered",
+                "failover over candidates is not supported yet; the first candidate is used",
+                False,
+            )
+        )
     if r.volumes:
         out.append(Gap("resources.volumes", "extra disks are not supported yet", True))
     if r.use_spot and cloud == "local":
-        out.append(Gap("resources.use_spot", "spot on the local infra only matters for "
-                       "managed jobs (`skyloom jobs launch`)", False))
+        out.append(
+            Gap(
+                "resources.use_spot",
+                "spot on the local infra only matters for managed jobs (`skyloom jobs launch`)",
+                False,
+            )
+        )
     if r.job_recovery:
         out.append(Gap("resources.job_recovery", "applies to managed jobs only", False))
     for name in _IGNORABLE:

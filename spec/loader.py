@@ -14,7 +14,6 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
-
 from skyloom.spec.models import Pipeline, Resources, ResourcesBase, Task
 
 
@@ -43,7 +42,9 @@ def load_documents(text: str, source: str) -> list[dict[str, Any]]:
     for i, d in enumerate(docs):
         if not isinstance(d, dict):
             field = f"document {i + 1}" if len(docs) > 1 else ""
-            raise SpecError(source, field, f"expected a mapping of task fields, got {type(d).__name__}")
+            raise SpecError(
+                source, field, f"expected a mapping of task fields, got {type(d).__name__}"
+            )
     return docs
 
 
@@ -130,7 +131,9 @@ def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     """Drop pydantic's union-branch labels (e.g. 'GitWorkdir', 'str') from a location."""
     out = []
     for p in loc:
-        if isinstance(p, str) and (p[:1].isupper() or "[" in p or p in ("str", "int", "float", "bool")):
+        if isinstance(p, str) and (
+            p[:1].isupper() or "[" in p or p in ("str", "int", "float", "bool")
+        ):
             continue
         if isinstance(p, str) and p.startswith("function-"):
             continue
@@ -147,9 +150,7 @@ def _to_spec_error(e: ValidationError, source: str, prefix: str) -> SpecError:
     field = prefix + _loc_text(loc)
     if er["type"] == "extra_forbidden":
         owner = _model_at(loc[:-1])
-        known = [
-            (f.alias or n) for n, f in (owner.model_fields.items() if owner else [])
-        ]
+        known = [(f.alias or n) for n, f in (owner.model_fields.items() if owner else [])]
         bad = str(loc[-1])
         close = difflib.get_close_matches(bad, known, n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -178,5 +179,6 @@ def json_schema() -> dict[str, Any]:
 
 
 def dump_task(task: Task) -> str:
-    return yaml.safe_dump(task.model_dump(mode="json", exclude_defaults=True, by_alias=True),
-                          sort_keys=False)
+    return yaml.safe_dump(
+        task.model_dump(mode="json", exclude_defaults=True, by_alias=True), sort_keys=False
+    )

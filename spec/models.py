@@ -223,7 +223,7 @@ class ResourcesBase(Model):
     @field_validator("cpus", "memory")
     @classmethod
     def _amount(cls, v: Any) -> Any:
-        if v is None or isinstance(v, int | float) and not isinstance(v, bool):
+        if v is None or (isinstance(v, int | float) and not isinstance(v, bool)):
             return v
         if isinstance(v, str) and _CPUS_OR_MEM.match(v.strip()):
             return v.strip()
@@ -256,7 +256,9 @@ class ResourcesBase(Model):
                 raise ValueError(f"expected a port or range like 8080 or '10000-10010'; got {p!r}")
             s = str(p).strip()
             if not _PORT_RANGE.match(s) or any(not 1 <= int(x) <= 65535 for x in s.split("-")):
-                raise ValueError(f"expected a port 1-65535 or a range like '10000-10010'; got {p!r}")
+                raise ValueError(
+                    f"expected a port 1-65535 or a range like '10000-10010'; got {p!r}"
+                )
             out.append(s)
         return out
 
@@ -332,9 +334,7 @@ class Resources(ResourcesBase):
     any_of: list[ResourcesBase] | None = Field(
         None, description="Candidates; skyloom picks the cheapest that is available."
     )
-    ordered: list[ResourcesBase] | None = Field(
-        None, description="Candidates tried in this order."
-    )
+    ordered: list[ResourcesBase] | None = Field(None, description="Candidates tried in this order.")
 
     @model_validator(mode="after")
     def _one_list(self) -> Resources:
@@ -461,7 +461,9 @@ def _stringify_env(v: Any, what: str) -> Any:
     out: dict[str, str | None] = {}
     for k, val in v.items():
         if not isinstance(k, str) or not _ENV_NAME.match(k):
-            raise ValueError(f"{what} name {k!r} is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)")
+            raise ValueError(
+                f"{what} name {k!r} is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)"
+            )
         if isinstance(val, bool):
             val = str(val).lower()
         elif isinstance(val, int | float):
@@ -480,8 +482,12 @@ class Task(Model):
         None, description="Local directory (or git repo) synced to every node; jobs run in it."
     )
     event_callback: str | None = Field(None, description="Command run on job state changes.")
-    num_nodes: int = Field(1, ge=1, description="Nodes in the cluster; the run command runs on each.")
-    resources: Resources = Field(default_factory=Resources, description="What each node needs.")
+    num_nodes: int = Field(
+        1, ge=1, description="Nodes in the cluster; the run command runs on each."
+    )
+    resources: Resources = Field(
+        default_factory=lambda: Resources(), description="What each node needs."
+    )
     file_mounts: dict[str, str | StorageMount] = Field(
         default_factory=dict, description="Remote path → local path, bucket URI or storage spec."
     )
@@ -530,7 +536,9 @@ class Task(Model):
     def _absolute_targets(cls, v: dict[str, Any]) -> dict[str, Any]:
         for target in v:
             if not (target.startswith("/") or target.startswith("~")):
-                raise ValueError(f"mount target {target!r} must be an absolute path or start with ~")
+                raise ValueError(
+                    f"mount target {target!r} must be an absolute path or start with ~"
+                )
         return v
 
     def secret_values(self) -> dict[str, str]:

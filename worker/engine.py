@@ -203,7 +203,9 @@ class EmbeddedEngine:
                 tail = (self.dir / "worker.log").read_text(errors="replace")[-800:]
                 raise EngineError(f"worker exited with {proc.returncode}:\n{tail}")
             if time.monotonic() > deadline:
-                raise EngineError(f"worker not ready after {timeout:.0f}s; see {self.dir / 'worker.log'}")
+                raise EngineError(
+                    f"worker not ready after {timeout:.0f}s; see {self.dir / 'worker.log'}"
+                )
             time.sleep(0.05)
 
     def stop(self) -> EngineStatus:

@@ -14,14 +14,13 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from temporalio.worker import Worker
-
 from skyloom.activities.cluster import ClusterActivities
 from skyloom.client.config import EngineTarget, external_target, home
 from skyloom.client.connection import connect
 from skyloom.worker.providers import build_providers
 from skyloom.workflows.cluster import ClusterWorkflow
 from skyloom.workflows.models import TASK_QUEUE
+from temporalio.worker import Worker
 
 log = logging.getLogger("skyloom.worker")
 

@@ -8,10 +8,10 @@ decides; every side effect is an activity. Deterministic code only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
@@ -25,7 +25,7 @@ with workflow.unsafe.imports_passed_through():
         ProvisionInput,
         SyncInput,
     )
-    from skyloom.workflows import policies
+    from skyloom.workflows import calls, policies
     from skyloom.workflows.models import (
         CLUSTER_WORKFLOW,
         AutostopInput,
@@ -47,26 +47,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from skyloom.workflows.search import SA_STATUS
 
-_QUICK = dict(
-    start_to_close_timeout=timedelta(minutes=2),
-    retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
-)
-_PROVISION = dict(
-    start_to_close_timeout=timedelta(minutes=15),
-    retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30), maximum_attempts=5),
-)
-_SYNC = dict(
-    start_to_close_timeout=timedelta(hours=2),
-    heartbeat_timeout=timedelta(minutes=2),
-    retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30), maximum_attempts=5),
-)
-# A watcher heartbeats every poll; when its worker dies, the heartbeat timeout hands
-# the watch to another worker within seconds while the job runs on, detached.
-_WATCH = dict(
-    start_to_close_timeout=timedelta(days=365),
-    heartbeat_timeout=timedelta(seconds=10),
-    retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=5)),
-)
 _KEEP_FINISHED_JOBS = 500
 
 
@@ -133,13 +113,11 @@ class ClusterWorkflow:
         timeout = None
         if deadline is not None and self.state.status is ClusterStatus.UP:
             timeout = max(deadline - workflow.now(), timedelta(0))
-        try:
+        with contextlib.suppress(TimeoutError):
             await workflow.wait_condition(
                 lambda: self.changes != seen or workflow.info().is_continue_as_new_suggested(),
                 timeout=timeout,
             )
-        except TimeoutError:
-            pass
 
     def _autostop_due(self) -> bool:
         if self.state.status is not ClusterStatus.UP:
@@ -177,7 +155,7 @@ class ClusterWorkflow:
 
     async def _launch(self) -> None:
         try:
-            handle = await workflow.execute_activity(
+            handle = await calls.PROVISION.run(
                 "provision_nodes",
                 ProvisionInput(
                     cluster=self.inp.name,
@@ -186,7 +164,6 @@ class ClusterWorkflow:
                     resources=self.inp.resources,
                 ),
                 result_type=ClusterHandle,
-                **_PROVISION,  # type: ignore[arg-type]
             )
         except ActivityError as e:
             reason = f"launch failed: {_reason(e)}"
@@ -201,8 +178,9 @@ class ClusterWorkflow:
 
     async def _stop(self, why: str) -> None:
         await self._cancel_jobs_for(f"cluster stopped ({why})")
-        await workflow.execute_activity(
-            "stop_nodes", self._ref(), **_QUICK  # type: ignore[arg-type]
+        await calls.QUICK.run(
+            "stop_nodes",
+            self._ref(),
         )
         self._set_status(ClusterStatus.STOPPED, f"stopped ({why})")
 
@@ -212,8 +190,9 @@ class ClusterWorkflow:
         self._set_status(ClusterStatus.TERMINATED, f"down ({why})")
 
     async def _terminate_nodes(self) -> None:
-        await workflow.execute_activity(
-            "terminate_nodes", self._ref(), **_PROVISION  # type: ignore[arg-type]
+        await calls.PROVISION.run(
+            "terminate_nodes",
+            self._ref(),
         )
 
     async def _cancel_jobs_for(self, reason: str) -> None:
@@ -254,7 +233,7 @@ class ClusterWorkflow:
         job.started_at = workflow.now()
         self._changed()
         try:
-            await workflow.execute_activity(
+            await calls.SYNC.run(
                 "sync_files",
                 SyncInput(
                     handle=handle,
@@ -262,7 +241,6 @@ class ClusterWorkflow:
                     workdir=job.spec.workdir,
                     file_mounts=job.spec.file_mounts,
                 ),
-                **_SYNC,  # type: ignore[arg-type]
             )
             if job.spec.setup:
                 job.status = JobStatus.SETTING_UP
@@ -277,15 +255,18 @@ class ClusterWorkflow:
             if job.spec.run:
                 result = await self._phase(job, handle, Phase.RUN, job.spec.run)
                 status, code, rank = policies.phase_outcome(result.exit_codes, setup=False)
-                self._finish(job, status, code, rank, None if rank is None else f"failed on node {rank}")
+                self._finish(
+                    job, status, code, rank, None if rank is None else f"failed on node {rank}"
+                )
             else:
                 self._finish(job, JobStatus.SUCCEEDED, 0, None, None)
         except (asyncio.CancelledError, ActivityError) as e:
             # Cancelling the task surfaces as CancelledError, or as an ActivityError caused
             # by the activity's cancellation; either way the job was cancelled.
             cancelled = not isinstance(e, ActivityError) or isinstance(e.cause, CancelledError)
-            await workflow.execute_activity(
-                "kill_job", KillInput(handle=handle, job_id=job.id), **_QUICK  # type: ignore[arg-type]
+            await calls.QUICK.run(
+                "kill_job",
+                KillInput(handle=handle, job_id=job.id),
             )
             if cancelled:
                 self._finish(job, JobStatus.CANCELLED, None, None, job.reason or "cancelled")
@@ -295,7 +276,9 @@ class ClusterWorkflow:
             self.job_task = self.running_job = None
             self._changed()
 
-    async def _phase(self, job: JobRecord, handle: ClusterHandle, phase: Phase, command: str) -> PhaseResult:
+    async def _phase(
+        self, job: JobRecord, handle: ClusterHandle, phase: Phase, command: str
+    ) -> PhaseResult:
         inp = PhaseInput(
             handle=handle,
             job_id=job.id,
@@ -308,13 +291,16 @@ class ClusterWorkflow:
             num_gpus_per_node=job.spec.num_gpus_per_node,
             poll_seconds=self.inp.poll_seconds,
         )
-        await workflow.execute_activity("start_phase", inp, **_QUICK)  # type: ignore[arg-type]
-        return await workflow.execute_activity(
-            "watch_phase", inp, result_type=PhaseResult, **_WATCH  # type: ignore[arg-type]
-        )
+        await calls.QUICK.run("start_phase", inp)
+        return await calls.WATCH.run("watch_phase", inp, result_type=PhaseResult)
 
     def _finish(
-        self, job: JobRecord, status: JobStatus, code: int | None, rank: int | None, reason: str | None
+        self,
+        job: JobRecord,
+        status: JobStatus,
+        code: int | None,
+        rank: int | None,
+        reason: str | None,
     ) -> None:
         job.status, job.exit_code, job.failed_rank = status, code, rank
         job.reason = reason
@@ -356,7 +342,11 @@ class ClusterWorkflow:
                 continue
             cancelled.append(job.id)
             if job.status is JobStatus.PENDING:
-                job.status, job.reason, job.ended_at = JobStatus.CANCELLED, "cancelled", workflow.now()
+                job.status, job.reason, job.ended_at = (
+                    JobStatus.CANCELLED,
+                    "cancelled",
+                    workflow.now(),
+                )
                 self._changed()
         if self.running_job is not None and self.running_job.id in cancelled:
             await self._cancel_running("cancelled")
@@ -378,8 +368,10 @@ class ClusterWorkflow:
     async def start(self, inp: StartInput) -> ClusterDescription:
         async with self.lifecycle:
             if self.state.status is ClusterStatus.STOPPED:
-                self.state.handle = await workflow.execute_activity(
-                    "start_nodes", self._ref(), result_type=ClusterHandle, **_PROVISION  # type: ignore[arg-type]
+                self.state.handle = await calls.PROVISION.run(
+                    "start_nodes",
+                    self._ref(),
+                    result_type=ClusterHandle,
                 )
                 self.state.last_active = workflow.now()
                 self._set_status(ClusterStatus.UP)

@@ -10,7 +10,6 @@ from datetime import datetime
 from enum import StrEnum
 
 from pydantic import BaseModel, Field
-
 from skyloom.activities.models import ClusterHandle
 
 TASK_QUEUE = "skyloom"

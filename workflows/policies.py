@@ -33,7 +33,9 @@ def autostop_deadline(
     return last_active + timedelta(minutes=cfg.idle_minutes)
 
 
-def phase_outcome(exit_codes: list[int | None], setup: bool) -> tuple[JobStatus, int | None, int | None]:
+def phase_outcome(
+    exit_codes: list[int | None], setup: bool
+) -> tuple[JobStatus, int | None, int | None]:
     """(status, exit code, failed rank) for a phase's per-node exit codes.
 
     A node whose process vanished without an exit code (killed, node lost) counts as a

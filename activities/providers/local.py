@@ -26,9 +26,7 @@ class LocalProvider(Provider):
 
     def launch(self, req: ProvisionInput) -> ClusterHandle:
         if req.resources.get("accelerators"):
-            raise provider_error(
-                ErrorKind.NO_CAPACITY, "the local infra has no accelerators"
-            )
+            raise provider_error(ErrorKind.NO_CAPACITY, "the local infra has no accelerators")
         nodes = []
         for rank in range(req.num_nodes):
             d = self._cluster_dir(req.cluster) / f"node-{rank}"
@@ -59,4 +57,6 @@ class LocalProvider(Provider):
         return LocalRunner(node)
 
     def existing_clusters(self) -> list[str]:
-        return sorted(p.name for p in self.root.glob("*") if p.is_dir()) if self.root.exists() else []
+        return (
+            sorted(p.name for p in self.root.glob("*") if p.is_dir()) if self.root.exists() else []
+        )
