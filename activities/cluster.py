@@ -10,6 +10,8 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
+from typing import TypeVar
 
 from skyloom.activities.errors import ErrorKind, provider_error
 from skyloom.activities.models import (
@@ -33,6 +35,31 @@ from temporalio.exceptions import CancelledError
 # A phase whose claim exists but that never wrote a pid for this long was lost while
 # starting (its starter died between claiming and spawning): report it killed.
 _LOST_START_SECONDS = 60.0
+# Blocking work runs beside the activity thread, which heartbeats this often meanwhile.
+_HEARTBEAT_EVERY = 2.0
+
+T = TypeVar("T")
+
+
+def _in_parallel(nodes: list[NodeInfo], fn: Callable[[NodeInfo], object]) -> list:
+    if len(nodes) == 1:
+        return [fn(nodes[0])]
+    with ThreadPoolExecutor(max_workers=min(16, len(nodes))) as pool:
+        return list(pool.map(fn, nodes))
+
+
+def _heartbeating(fn: Callable[[], T]) -> T:
+    """Run fn in a helper thread and heartbeat until it returns (outside an activity: call
+    it directly)."""
+    if not activity.in_activity():
+        return fn()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        fut = pool.submit(fn)
+        while True:
+            try:
+                return fut.result(timeout=_HEARTBEAT_EVERY)
+            except FuturesTimeout:
+                activity.heartbeat()
 
 
 class Providers:
@@ -104,27 +131,23 @@ class ClusterActivities:
     def _each_node(
         self, handle: ClusterHandle, nodes: list[NodeInfo], fn: Callable[[NodeInfo], object]
     ) -> list:
-        # Nodes are independent; one slow host must not serialise the others.
-        if len(nodes) == 1:
-            return [fn(nodes[0])]
-        with ThreadPoolExecutor(max_workers=min(16, len(nodes))) as pool:
-            return list(pool.map(fn, nodes))
+        """fn on every node at once (one slow host must not serialise the others), while
+        this thread heartbeats, so a dead worker's activity is retried within seconds."""
+        return _heartbeating(lambda: _in_parallel(nodes, fn))
 
     @activity.defn(name="provision_nodes")
     def provision(self, inp: ProvisionInput) -> ClusterHandle:
-        return self.providers.get(inp.infra).launch(inp)
+        return _heartbeating(lambda: self.providers.get(inp.infra).launch(inp))
 
     @activity.defn(name="sync_files")
     def sync_files(self, inp: SyncInput) -> None:
         def sync(node: NodeInfo) -> None:
             runner = self._runner(inp.handle, node)
             if inp.workdir:
-                activity.heartbeat(f"workdir → node {node.rank}")
                 runner.sync_dir(inp.workdir, workdir_path(node))
             else:
                 runner.run(f"mkdir -p {workdir_path(node)}").check("mkdir workdir")
             for target, source in inp.file_mounts.items():
-                activity.heartbeat(f"{source} → {target} on node {node.rank}")
                 runner.sync_dir(source, target)
 
         self._each_node(inp.handle, inp.handle.nodes, sync)
@@ -210,16 +233,18 @@ class ClusterActivities:
     @activity.defn(name="stop_nodes")
     def stop_nodes(self, ref: ClusterRef) -> None:
         if ref.handle is not None:
-            self.providers.get(ref.infra).stop(ref.handle)
+            handle = ref.handle
+            _heartbeating(lambda: self.providers.get(ref.infra).stop(handle))
 
     @activity.defn(name="start_nodes")
     def start_nodes(self, ref: ClusterRef) -> ClusterHandle:
         assert ref.handle is not None, "start needs the handle of a launched cluster"
-        return self.providers.get(ref.infra).start(ref.handle)
+        handle = ref.handle
+        return _heartbeating(lambda: self.providers.get(ref.infra).start(handle))
 
     @activity.defn(name="terminate_nodes")
     def terminate_nodes(self, ref: ClusterRef) -> None:
-        self.providers.get(ref.infra).terminate(ref.cluster)
+        _heartbeating(lambda: self.providers.get(ref.infra).terminate(ref.cluster))
 
     def all(self) -> list[Callable]:
         return [

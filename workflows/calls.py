@@ -32,21 +32,26 @@ class CallProfile:
         )
 
 
+# Every profile has a heartbeat timeout (activities heartbeat while they block), so the
+# work of a worker killed mid-activity is retried elsewhere within seconds, not minutes.
+#
 # Bookkeeping on the nodes (start a detached process, kill one): fast and idempotent.
 QUICK = CallProfile(
-    start_to_close=timedelta(minutes=2),
+    start_to_close=timedelta(minutes=5),
+    heartbeat=timedelta(seconds=10),
     retry=RetryPolicy(maximum_interval=timedelta(seconds=10)),
 )
 # Creating, starting and deleting nodes: slow provider calls, a bounded number of tries
 # (a provider that refuses five times is reported, not retried forever).
 PROVISION = CallProfile(
     start_to_close=timedelta(minutes=15),
+    heartbeat=timedelta(seconds=10),
     retry=RetryPolicy(maximum_interval=timedelta(seconds=30), maximum_attempts=5),
 )
 # Copying files: long, so it heartbeats and a dead worker's copy is resumed elsewhere.
 SYNC = CallProfile(
     start_to_close=timedelta(hours=2),
-    heartbeat=timedelta(minutes=2),
+    heartbeat=timedelta(seconds=10),
     retry=RetryPolicy(maximum_interval=timedelta(seconds=30), maximum_attempts=5),
 )
 # A watcher heartbeats every poll; when its worker dies, the heartbeat timeout hands the

@@ -1,0 +1,213 @@
+"""Activities against the local infra: real processes, real files, no engine.
+
+These prove what the workflow relies on: a phase starts once per node however often it is
+asked to, runs detached in its own process group with SkyPilot's environment, reports how
+it ended, and is killed as a whole group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from skyloom.activities.cluster import ClusterActivities, Providers
+from skyloom.activities.models import (
+    ClusterRef,
+    KillInput,
+    Phase,
+    PhaseInput,
+    ProvisionInput,
+    SyncInput,
+    job_dir,
+    log_path,
+)
+from skyloom.activities.providers.local import LocalProvider
+from skyloom.activities.runners import LocalRunner
+from temporalio.testing import ActivityEnvironment
+
+
+@pytest.fixture
+def acts(tmp_path: Path) -> ClusterActivities:
+    return ClusterActivities(Providers({"local": LocalProvider(tmp_path / "nodes")}))
+
+
+@pytest.fixture
+def aenv() -> ActivityEnvironment:
+    return ActivityEnvironment()
+
+
+def launch(aenv, acts, n: int = 1, name: str = "c1"):
+    return aenv.run(acts.provision, ProvisionInput(cluster=name, infra="local", num_nodes=n))
+
+
+def phase(handle, command: str, job_id: int = 1, p: Phase = Phase.RUN, **kw) -> PhaseInput:
+    return PhaseInput(
+        handle=handle,
+        job_id=job_id,
+        phase=p,
+        command=command,
+        num_nodes=len(handle.nodes),
+        poll_seconds=0.05,
+        **kw,
+    )
+
+
+def run_phase(aenv, acts, inp: PhaseInput):
+    aenv.run(acts.start_phase, inp)
+    return aenv.run(acts.watch_phase, inp)
+
+
+def log_of(handle, rank: int, job_id: int = 1, p: Phase = Phase.RUN) -> str:
+    return Path(log_path(handle.nodes[rank], job_id, p)).read_text()
+
+
+def test_launch_is_idempotent_and_terminate_removes_every_node(aenv, acts, tmp_path):
+    first = launch(aenv, acts, n=2)
+    again = launch(aenv, acts, n=2)
+    assert first == again
+    assert len(list((tmp_path / "nodes" / "c1").glob("node-*"))) == 2
+    aenv.run(acts.terminate_nodes, ClusterRef(cluster="c1", infra="local", handle=first))
+    assert not (tmp_path / "nodes" / "c1").exists()
+    # Terminating what is gone is not an error (a retried down).
+    aenv.run(acts.terminate_nodes, ClusterRef(cluster="c1", infra="local", handle=first))
+
+
+def test_every_node_gets_skypilot_env_and_task_envs(aenv, acts):
+    handle = launch(aenv, acts, n=2)
+    aenv.run(acts.sync_files, SyncInput(handle=handle, job_id=1))
+    inp = phase(
+        handle,
+        'python3 -c "import os, json; print(json.dumps(dict(os.environ)))"',
+        envs={"LR": "0.1"},
+        secrets={"TOKEN": "s3cret"},
+        task_id="task-7",
+        num_gpus_per_node=0,
+    )
+    result = run_phase(aenv, acts, inp)
+    assert result.exit_codes == [0, 0]
+    for rank in (0, 1):
+        env = json.loads(log_of(handle, rank))
+        assert env["SKYPILOT_NODE_RANK"] == str(rank)
+        assert env["SKYPILOT_NUM_NODES"] == "2"
+        assert env["SKYPILOT_NODE_IPS"].splitlines() == [n.ip for n in handle.nodes]
+        assert env["SKYPILOT_NUM_GPUS_PER_NODE"] == "0"
+        assert env["SKYPILOT_TASK_ID"] == "task-7"
+        assert json.loads(env["SKYPILOT_CLUSTER_INFO"])["num_nodes"] == 2
+        assert env["LR"] == "0.1" and env["TOKEN"] == "s3cret"
+        # The job runs in the synced workdir of its node.
+        assert env["PWD"] == str(Path(handle.nodes[rank].root) / "sky_workdir")
+
+
+def test_setup_gets_setup_variables(aenv, acts):
+    handle = launch(aenv, acts, n=2)
+    run_phase(aenv, acts, phase(handle, "echo rank=$SKYPILOT_SETUP_NODE_RANK", p=Phase.SETUP))
+    assert log_of(handle, 1, p=Phase.SETUP).strip() == "rank=1"
+
+
+def test_a_phase_started_twice_runs_once(aenv, acts):
+    handle = launch(aenv, acts)
+    runs = Path(handle.nodes[0].root) / "runs"
+    inp = phase(handle, f"echo ran >> {runs}")
+    aenv.run(acts.start_phase, inp)
+    aenv.run(acts.start_phase, inp)  # a retry after a crash
+    aenv.run(acts.watch_phase, inp)
+    aenv.run(acts.start_phase, inp)  # even after it finished
+    assert runs.read_text().splitlines() == ["ran"]
+
+
+def test_job_runs_detached_in_its_own_process_group(aenv, acts):
+    handle = launch(aenv, acts)
+    inp = phase(handle, "sleep 30")
+    aenv.run(acts.start_phase, inp)
+    pid_file = Path(job_dir(handle.nodes[0], 1)) / "run" / "pid"
+    for _ in range(100):
+        if pid_file.exists():
+            break
+        time.sleep(0.05)
+    pid = int(pid_file.read_text())
+    assert os.getpgid(pid) == pid != os.getpgid(0)
+    assert os.getsid(pid) != os.getsid(0)
+    aenv.run(acts.kill_job, KillInput(handle=handle, job_id=1))
+    assert aenv.run(acts.watch_phase, inp).exit_codes == [None]
+
+
+def test_kill_takes_the_whole_process_group(aenv, acts, tmp_path):
+    handle = launch(aenv, acts)
+    child_pid = tmp_path / "child"
+    inp = phase(handle, f"sleep 60 & echo $! > {child_pid}; wait")
+    aenv.run(acts.start_phase, inp)
+    for _ in range(100):
+        if child_pid.exists() and child_pid.read_text().strip():
+            break
+        time.sleep(0.05)
+    child = int(child_pid.read_text())
+    aenv.run(acts.kill_job, KillInput(handle=handle, job_id=1))
+    for _ in range(100):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the job's child survived the kill")
+
+
+def test_kill_before_start_means_it_never_starts(aenv, acts):
+    handle = launch(aenv, acts)
+    inp = phase(handle, "echo should-not-run")
+    aenv.run(acts.kill_job, KillInput(handle=handle, job_id=1))
+    aenv.run(acts.start_phase, inp)
+    time.sleep(0.3)
+    assert not Path(log_path(handle.nodes[0], 1, Phase.RUN)).exists()
+
+
+def test_one_failing_rank_stops_the_others_and_is_reported(aenv, acts):
+    handle = launch(aenv, acts, n=2)
+    inp = phase(handle, 'if [ "$SKYPILOT_NODE_RANK" = 1 ]; then exit 3; fi; sleep 60')
+    started = time.monotonic()
+    result = run_phase(aenv, acts, inp)
+    assert result.exit_codes[1] == 3
+    assert result.exit_codes[0] in (None, 143)  # killed by the group kill
+    assert time.monotonic() - started < 30
+
+
+def test_workdir_sync_leaves_out_ignored_files(aenv, acts, tmp_path):
+    src = tmp_path / "project"
+    (src / "data").mkdir(parents=True)
+    (src / "sub").mkdir()
+    (src / "train.py").write_text("print('hi')\n")
+    (src / "big.ckpt").write_text("x")
+    (src / "data" / "keep.txt").write_text("k")
+    (src / "secret.env").write_text("s")
+    (src / "sub" / "cache.tmp").write_text("t")
+    (src / "sub" / "code.py").write_text("c")
+    (src / ".gitignore").write_text("*.ckpt\n")
+    (src / "sub" / ".gitignore").write_text("*.tmp\n")
+    (src / ".skyignore").write_text("secret.env\n")
+    mount = tmp_path / "mount-src"
+    mount.mkdir()
+    (mount / "m.txt").write_text("m")
+    handle = launch(aenv, acts)
+    target = Path(handle.nodes[0].root) / "mnt"
+    aenv.run(
+        acts.sync_files,
+        SyncInput(handle=handle, job_id=1, workdir=str(src), file_mounts={str(target): str(mount)}),
+    )
+    wd = Path(handle.nodes[0].root) / "sky_workdir"
+    got = sorted(str(p.relative_to(wd)) for p in wd.rglob("*") if p.is_file())
+    assert "train.py" in got and "data/keep.txt" in got and "sub/code.py" in got
+    assert "big.ckpt" not in got and "secret.env" not in got and "sub/cache.tmp" not in got
+    assert (target / "m.txt").read_text() == "m"
+
+
+def test_runner_files_are_written_atomically_and_read_from_offsets(tmp_path):
+    from skyloom.activities.models import NodeInfo
+
+    r = LocalRunner(NodeInfo(rank=0, node_id="n", root=str(tmp_path)))
+    r.put_file(str(tmp_path / "a" / "f"), "hello world", 0o600)
+    assert r.read_file(str(tmp_path / "a" / "f"), 6) == b"world"
+    assert oct((tmp_path / "a" / "f").stat().st_mode & 0o777) == "0o600"
+    assert r.read_file(str(tmp_path / "missing")) == b""
