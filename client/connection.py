@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from skyloom.client.config import EngineTarget, external_target, home
 from temporalio.client import Client, TLSConfig
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter
 
 
 class EngineUnreachable(RuntimeError):
@@ -28,6 +31,15 @@ def resolve_target(*, start_embedded: bool = True) -> EngineTarget:
         raise EngineUnreachable(f"embedded engine: {e}") from e
 
 
+def data_converter() -> DataConverter:
+    """pydantic JSON, with payloads that carry secrets encrypted (see codec.py)."""
+    from skyloom.client.codec import SecretsCodec, load_key
+
+    return dataclasses.replace(
+        pydantic_data_converter, payload_codec=SecretsCodec(load_key(home()))
+    )
+
+
 async def connect(target: EngineTarget) -> Client:
     tls: bool | TLSConfig = target.tls
     if target.tls_cert and target.tls_key:
@@ -37,7 +49,7 @@ async def connect(target: EngineTarget) -> Client:
         return await Client.connect(
             target.address,
             namespace=target.namespace,
-            data_converter=pydantic_data_converter,
+            data_converter=data_converter(),
             tls=tls,
             api_key=target.api_key,
         )
