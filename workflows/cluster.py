@@ -68,6 +68,10 @@ class ClusterWorkflow:
         self.lifecycle = asyncio.Lock()
         self.job_task: asyncio.Task[None] | None = None
         self.running_job: JobRecord | None = None
+        # Set when the running job must stop. Cancelling its task alone is not enough: an
+        # activity that completes in the same activation as the cancel swallows it, and
+        # the job would go on to its next step. Every step checks this flag first.
+        self.stop_running = False
         # Bumped by every handler and job ending: the main loop re-evaluates on change.
         self.changes = 0
 
@@ -213,8 +217,13 @@ class ClusterWorkflow:
             return
         if self.running_job is not None:
             self.running_job.reason = reason
+        self.stop_running = True
         task.cancel()
         await workflow.wait_condition(lambda: self.job_task is None)
+
+    def _check_not_stopped(self) -> None:
+        if self.stop_running:
+            raise asyncio.CancelledError()
 
     # ---- jobs ------------------------------------------------------------------------
 
@@ -225,6 +234,7 @@ class ClusterWorkflow:
         if job is not None:
             job.status = JobStatus.SETTING_UP if job.spec.setup else JobStatus.RUNNING
             self.running_job = job
+            self.stop_running = False
             self.job_task = asyncio.create_task(self._run_job(job))
 
     async def _run_job(self, job: JobRecord) -> None:
@@ -233,6 +243,7 @@ class ClusterWorkflow:
         job.started_at = workflow.now()
         self._changed()
         try:
+            self._check_not_stopped()
             await calls.SYNC.run(
                 "sync_files",
                 SyncInput(
@@ -263,7 +274,11 @@ class ClusterWorkflow:
         except (asyncio.CancelledError, ActivityError) as e:
             # Cancelling the task surfaces as CancelledError, or as an ActivityError caused
             # by the activity's cancellation; either way the job was cancelled.
-            cancelled = not isinstance(e, ActivityError) or isinstance(e.cause, CancelledError)
+            cancelled = (
+                self.stop_running
+                or not isinstance(e, ActivityError)
+                or isinstance(e.cause, CancelledError)
+            )
             await calls.QUICK.run(
                 "kill_job",
                 KillInput(handle=handle, job_id=job.id),
@@ -291,7 +306,9 @@ class ClusterWorkflow:
             num_gpus_per_node=job.spec.num_gpus_per_node,
             poll_seconds=self.inp.poll_seconds,
         )
+        self._check_not_stopped()
         await calls.QUICK.run("start_phase", inp)
+        self._check_not_stopped()
         return await calls.WATCH.run("watch_phase", inp, result_type=PhaseResult)
 
     def _finish(
