@@ -7,6 +7,7 @@ fakes. Each method is safe to run twice (a retry after a worker crash).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +31,7 @@ from skyloom.activities.models import (
 from skyloom.activities.providers.base import Provider
 from skyloom.activities.runners import Runner, write_env_file
 from temporalio import activity
-from temporalio.exceptions import CancelledError
+from temporalio.exceptions import ApplicationError, CancelledError
 
 # A phase whose claim exists but that never wrote a pid for this long was lost while
 # starting (its starter died between claiming and spawning): report it killed.
@@ -121,9 +122,17 @@ def _phase_dir(node: NodeInfo, inp: PhaseInput | KillInput, phase: Phase) -> str
 
 
 class ClusterActivities:
-    def __init__(self, providers: Providers, *, sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        providers: Providers,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        unreachable_grace: float = 60.0,
+    ):
         self.providers = providers
         self._sleep = sleep
+        # A node that cannot be reached for this long fails the phase (gone, not slow).
+        self.unreachable_grace = unreachable_grace
 
     def _runner(self, handle: ClusterHandle, node: NodeInfo) -> Runner:
         return self.providers.get(handle.infra).runner(node)
@@ -161,9 +170,11 @@ class ClusterActivities:
             d = _phase_dir(node, inp, inp.phase)
             env = {**inp.envs, **inp.secrets, **skypilot_env(inp, node)}
             # Rewriting cmd.sh/env before the claim is harmless: the claim decides who runs.
-            runner.put_file(f"{d}/cmd.sh", inp.command + "\n", 0o700)
-            runner.put_file(f"{d}/env", write_env_file(env), 0o600)
-            runner.nodelet("start", d)
+            files = {
+                f"{d}/cmd.sh": (inp.command + "\n", 0o700),
+                f"{d}/env": (write_env_file(env), 0o600),
+            }
+            runner.nodelet("start", d, files)
 
         self._each_node(inp.handle, inp.handle.nodes[: inp.num_nodes], start)
 
@@ -178,21 +189,40 @@ class ClusterActivities:
         codes: list[int | None] = [None] * len(nodes)
         done = [False] * len(nodes)
         first_seen_starting: dict[int, float] = {}
+        first_unreachable: dict[int, float] = {}
         killed_others = False
-        while True:
-            if activity.is_cancelled():
-                raise CancelledError("watch cancelled")
 
-            def look(node: NodeInfo) -> str:
+        def look(node: NodeInfo) -> str:
+            try:
                 return self._runner(inp.handle, node).nodelet(
                     "status", _phase_dir(node, inp, inp.phase)
                 )
+            except ApplicationError as e:
+                if e.type != ErrorKind.UNREACHABLE.value:
+                    raise
+                return f"unreachable {e.message}"
+
+        while True:
+            if activity.is_cancelled():
+                raise CancelledError("watch cancelled")
 
             pending = [n for n in nodes if not done[n.rank]]
             for node, state in zip(
                 pending, self._each_node(inp.handle, pending, look), strict=True
             ):
                 word, _, rest = state.partition(" ")
+                if word == "unreachable":
+                    since = first_unreachable.setdefault(node.rank, time.monotonic())
+                    if time.monotonic() - since > self.unreachable_grace:
+                        raise provider_error(
+                            ErrorKind.UNREACHABLE,
+                            f"node {node.rank} ({node.ip}) unreachable for more than "
+                            f"{self.unreachable_grace:.0f}s during {inp.phase.value}: "
+                            f"{rest}",
+                            non_retryable=True,
+                        )
+                    continue
+                first_unreachable.pop(node.rank, None)
                 if word == "exited":
                     codes[node.rank], done[node.rank] = int(rest), True
                 elif word == "killed":
@@ -221,12 +251,21 @@ class ClusterActivities:
     def kill_job(self, inp: KillInput) -> None:
         """Kill both phases of a job on every node; a job that never started stays unstarted."""
 
+        attempt = activity.info().attempt if activity.in_activity() else 1
+
         def kill(node: NodeInfo) -> None:
             runner = self._runner(inp.handle, node)
-            for phase in (Phase.SETUP, Phase.RUN):
-                d = _phase_dir(node, inp, phase)
-                runner.run(f"mkdir -p {d}").check("mkdir")
-                runner.nodelet("kill", d)
+            try:
+                for phase in (Phase.SETUP, Phase.RUN):
+                    runner.nodelet("kill", _phase_dir(node, inp, phase))
+            except ApplicationError as e:
+                # A node that stays unreachable cannot be killed; after a few tries the
+                # kill gives up on it rather than holding the cluster's queue forever.
+                if e.type != ErrorKind.UNREACHABLE.value or attempt < 3:
+                    raise
+                logging.getLogger(__name__).warning(
+                    "kill job %s: skipping node %s: %s", inp.job_id, node.rank, e
+                )
 
         self._each_node(inp.handle, inp.handle.nodes, kill)
 
@@ -244,7 +283,7 @@ class ClusterActivities:
 
     @activity.defn(name="terminate_nodes")
     def terminate_nodes(self, ref: ClusterRef) -> None:
-        _heartbeating(lambda: self.providers.get(ref.infra).terminate(ref.cluster))
+        _heartbeating(lambda: self.providers.get(ref.infra).terminate(ref))
 
     def all(self) -> list[Callable]:
         return [

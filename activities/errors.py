@@ -19,6 +19,10 @@ class ErrorKind(StrEnum):
     INVALID_SPEC = "InvalidSpec"
     PREEMPTED = "Preempted"
     UNREACHABLE = "Unreachable"
+    # The host answered with a key other than the one recorded for it: never retried.
+    HOST_KEY = "HostKey"
+    # A node lacks a tool skyloom needs (rsync) and it could not be installed.
+    NODE_SETUP = "NodeSetup"
 
 
 # Unreachable is transient (a node rebooting, a dropped connection): retried by policy.
@@ -28,11 +32,18 @@ _NON_RETRYABLE = {
     ErrorKind.CREDENTIALS,
     ErrorKind.INVALID_SPEC,
     ErrorKind.PREEMPTED,
+    ErrorKind.HOST_KEY,
+    ErrorKind.NODE_SETUP,
 }
 
 
-def provider_error(kind: ErrorKind, message: str) -> ApplicationError:
-    return ApplicationError(message, type=kind.value, non_retryable=kind in _NON_RETRYABLE)
+def provider_error(
+    kind: ErrorKind, message: str, *, non_retryable: bool | None = None
+) -> ApplicationError:
+    """The error for kind; non_retryable overrides the kind's default (a node unreachable
+    for longer than a job can wait is final, though unreachable is usually transient)."""
+    final = kind in _NON_RETRYABLE if non_retryable is None else non_retryable
+    return ApplicationError(message, type=kind.value, non_retryable=final)
 
 
 def kind_of(err: BaseException) -> ErrorKind | None:

@@ -48,6 +48,7 @@ status)
   ;;
 kill)
   # Claiming first means a start that races this kill will not launch the job.
+  mkdir -p "$dir"
   if mkdir "$dir/claim" 2>/dev/null; then exit 0; fi
   for _ in 1 2 3 4 5 6 7 8 9 10; do [ -f "$dir/pid" ] && break; sleep 0.2; done
   [ -f "$dir/pid" ] || exit 0

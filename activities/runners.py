@@ -6,11 +6,13 @@ subprocess, SSH, Kubernetes exec) starts, watches and kills jobs the same way.
 
 from __future__ import annotations
 
+import base64
 import os
 import shlex
 import shutil
 import subprocess
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -52,12 +54,35 @@ class Runner(ABC):
 
     @abstractmethod
     def sync_dir(self, source: str, target: str) -> None:
-        """Copy a local directory's contents to the node, leaving out ignored files."""
+        """Copy a local directory's contents (leaving out ignored files), or one local
+        file, to target on the node."""
 
-    def nodelet(self, verb: str, directory: str) -> str:
-        res = self.run(f"bash -s -- {verb} {shlex.quote(directory)}", stdin=NODELET, timeout=30)
+    def nodelet(
+        self, verb: str, directory: str, files: Mapping[str, tuple[str, int]] | None = None
+    ) -> str:
+        """Run a nodelet verb on the node, first writing `files` (path → content, mode)
+        atomically, all in one command: on SSH every command costs the user's login shell
+        start-up, so one round trip per step matters."""
+        prelude = "".join(
+            _write_file_script(path, content, mode)
+            for path, (content, mode) in (files or {}).items()
+        )
+        res = self.run(
+            f"bash -s -- {verb} {shlex.quote(directory)}", stdin=prelude + NODELET, timeout=30
+        )
         res.check(f"nodelet {verb} {directory}")
         return res.stdout.strip()
+
+
+def _write_file_script(path: str, content: str, mode: int) -> str:
+    """Shell that writes one file atomically (temp + rename), content carried as base64."""
+    data = base64.b64encode(content.encode()).decode()
+    tmp = shlex.quote(f"{path}.tmp")
+    return (
+        f"mkdir -p {shlex.quote(os.path.dirname(path))} && "
+        f"printf %s {data} | base64 -d > {tmp} && chmod {mode:o} {tmp} && "
+        f"mv -f {tmp} {shlex.quote(path)} || exit 70\n"
+    )
 
 
 def write_env_file(env: dict[str, str]) -> str:
@@ -112,8 +137,12 @@ class LocalRunner(Runner):
     def sync_dir(self, source: str, target: str) -> None:
         src = Path(source).expanduser()
         dst = Path(target).expanduser()
+        if src.is_file():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+            return
         if not src.is_dir():
-            raise FileNotFoundError(f"workdir {source} is not a directory")
+            raise FileNotFoundError(f"{source} does not exist")
         dst.mkdir(parents=True, exist_ok=True)
         if shutil.which("rsync"):
             cmd = ["rsync", "-a", *rsync_filters(str(src)), f"{src}/", f"{dst}/"]

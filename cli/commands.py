@@ -84,6 +84,27 @@ def _check_local_paths(task: Task, base_dir: Path) -> None:
             raise BadInput(f"file_mounts.{target}: source {src!r} does not exist")
 
 
+def _check_ssh_pool(infra: str, task: Task) -> None:
+    """`--infra ssh/<pool>`: the pool must exist and be big enough, before anything starts."""
+    head, _, pool = infra.partition("/")
+    if head.lower() != "ssh":
+        return
+    from skyloom.client.config import home
+    from skyloom.spec.node_pools import POOLS_FILE, pool_hosts
+
+    if not pool:
+        raise BadInput("resources.infra: name the SSH node pool, as ssh/<pool>")
+    try:
+        hosts = pool_hosts(home() / POOLS_FILE, pool)
+    except SpecError as e:
+        raise BadInput(str(e)) from None
+    if task.num_nodes > len(hosts):
+        raise BadInput(
+            f"num_nodes: {task.num_nodes} nodes asked, SSH node pool {pool!r} has "
+            f"{len(hosts)} host(s) ({home() / POOLS_FILE})"
+        )
+
+
 def _autostop(task: Task, idle: int | None, down: bool) -> AutostopConfig | None:
     if idle is not None:
         return AutostopConfig(idle_minutes=idle, down=down)
@@ -120,6 +141,7 @@ def launch(
     for g in found:
         click.echo(f"Note: {g.field}: {g.why}", err=True)
     _check_local_paths(task, base_dir)
+    _check_ssh_pool(infra, task)
     name = cluster or f"sky-{_secrets.token_hex(2)}-{user()}"
     autostop = _autostop(task, idle, down)
     job = job_spec_from_task(task, base_dir=base_dir, envs=envs, secrets=secrets)
@@ -281,14 +303,27 @@ def autostop(cluster: str, idle: int | None, down: bool) -> None:
         )
 
 
-def check() -> None:
+def check(*, as_json: bool) -> None:
+    """Asks each provider, from this machine, whether it can be used (SSH: every host of
+    every pool is probed in parallel)."""
+    from dataclasses import asdict
+
+    from skyloom.client.config import home
     from skyloom.spec.capabilities import SUPPORTED_INFRA
     from skyloom.spec.models import CLOUDS
+    from skyloom.worker.providers import build_providers
 
-    for name in CLOUDS:
-        if name in SUPPORTED_INFRA:
-            click.echo(f"  {name}: enabled")
+    providers = build_providers(home())
+    results = [r for name in providers.names() for r in providers.get(name).check()]
     others = [c for c in CLOUDS if c not in SUPPORTED_INFRA]
+    if as_json:
+        _echo_json({"infras": [asdict(r) for r in results], "not_supported_yet": others})
+        return
+    for r in results:
+        mark = "enabled" if r.enabled else "disabled"
+        click.echo(f"  {r.infra}: {mark}" + (f" ({r.reason})" if r.reason else ""))
+        for line in r.details:
+            click.echo(f"      {line}")
     click.echo(f"  not supported yet: {', '.join(others)}")
 
 

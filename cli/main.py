@@ -336,11 +336,12 @@ def schema() -> None:
 
 
 @cli.command()
-def check() -> None:
-    """Show which infras are enabled and why the others are not."""
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+def check(output: str) -> None:
+    """Show which infras are enabled (each SSH pool: which hosts answer) and why not."""
     from skyloom.cli import commands
 
-    commands.check()
+    commands.check(as_json=output == "json")
 
 
 # ---- engine / worker --------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from skyloom.spec.models import Task
 
-SUPPORTED_INFRA = ("local",)
+SUPPORTED_INFRA = ("local", "ssh")
 
 
 @dataclass

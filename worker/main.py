@@ -31,7 +31,10 @@ MAX_ACTIVITIES = 200
 
 async def run_worker(target: EngineTarget, state: Path, ready_file: Path | None = None) -> None:
     client = await connect(target)
-    activities = ClusterActivities(build_providers(state))
+    activities = ClusterActivities(
+        build_providers(state),
+        unreachable_grace=float(os.environ.get("SKYLOOM_UNREACHABLE_GRACE_SECONDS", "60")),
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -10,9 +10,9 @@ Failures are raised as typed errors from `skyloom.activities.errors`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from skyloom.activities.models import ClusterHandle, NodeInfo, ProvisionInput
+from skyloom.activities.models import ClusterHandle, ClusterRef, NodeInfo, ProvisionInput
 from skyloom.activities.runners import Runner
 
 
@@ -21,6 +21,8 @@ class CheckResult:
     infra: str
     enabled: bool
     reason: str = ""
+    # Per-target detail (e.g. each host of an SSH pool): "name: ok" / "name: why not".
+    details: list[str] = field(default_factory=list)
 
 
 class Provider(ABC):
@@ -33,8 +35,9 @@ class Provider(ABC):
         """Nodes for the cluster, creating only those that do not exist yet."""
 
     @abstractmethod
-    def terminate(self, cluster: str) -> None:
-        """Release every node of the cluster; no error when nothing is left."""
+    def terminate(self, ref: ClusterRef) -> None:
+        """Release every node of the cluster, including any a crashed launch created before
+        it returned a handle (ref.handle may be None); no error when nothing is left."""
 
     @abstractmethod
     def runner(self, node: NodeInfo) -> Runner:
@@ -49,8 +52,9 @@ class Provider(ABC):
         """Bring stopped nodes back; returns the handle (addresses may change)."""
         return handle
 
-    def check(self) -> CheckResult:
-        return CheckResult(self.name, True)
+    def check(self) -> list[CheckResult]:
+        """Whether this infra can be used from here, one result per usable target."""
+        return [CheckResult(self.name, True)]
 
 
 # Kills every job process group recorded under a node's job directories.

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 from skyloom.activities.errors import ErrorKind, provider_error
-from skyloom.activities.models import ClusterHandle, NodeInfo, ProvisionInput
+from skyloom.activities.models import ClusterHandle, ClusterRef, NodeInfo, ProvisionInput
 from skyloom.activities.providers.base import Provider
 from skyloom.activities.runners import LocalRunner, Runner
 
@@ -38,7 +38,8 @@ class LocalProvider(Provider):
             nodes.append(NodeInfo(rank=rank, node_id=f"{req.cluster}-{rank}", root=str(d)))
         return ClusterHandle(cluster=req.cluster, infra="local", nodes=nodes)
 
-    def terminate(self, cluster: str) -> None:
+    def terminate(self, ref: ClusterRef) -> None:
+        cluster = ref.cluster
         d = self._cluster_dir(cluster)
         if not d.exists():
             return

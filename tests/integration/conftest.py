@@ -91,7 +91,13 @@ def wait_until(pred: Callable[[], Any], timeout: float, what: str, every: float 
 def sky(skyloom_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sky]:
     state = tmp_path_factory.mktemp("skyloom-home")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TEMPORAL_")}
-    env.update(SKYLOOM_HOME=str(state), NO_COLOR="1", COLUMNS="200")
+    # A node unreachable for 8 s fails its job (60 s by default): the SSH tests kill hosts.
+    env.update(
+        SKYLOOM_HOME=str(state),
+        NO_COLOR="1",
+        COLUMNS="200",
+        SKYLOOM_UNREACHABLE_GRACE_SECONDS="8",
+    )
     s = Sky(skyloom_bin, env)
     s.ok("engine", "start", timeout=120)
     try:
