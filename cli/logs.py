@@ -11,6 +11,7 @@ from skyloom.client.api import Rejected, SkyloomClient, node_handle
 from skyloom.client.config import home
 from skyloom.worker.providers import build_providers
 from skyloom.workflows.models import JobView
+from temporalio.exceptions import ApplicationError
 
 POLL_SECONDS = 0.3
 
@@ -33,6 +34,7 @@ async def stream_job(
     providers = build_providers(home())
     offsets = {Phase.SETUP: 0, Phase.RUN: 0}
     first = True
+    warned = False
     out = sys.stdout.buffer
     while True:
         desc = await sky.describe(cluster)
@@ -53,9 +55,17 @@ async def stream_job(
             # ended is then never missed on the last round.
             chunk = b""
             for phase in (Phase.SETUP, Phase.RUN):
-                data = await asyncio.to_thread(
-                    runner.read_file, log_path(node, job.id, phase), offsets[phase]
-                )
+                try:
+                    data = await asyncio.to_thread(
+                        runner.read_file, log_path(node, job.id, phase), offsets[phase]
+                    )
+                except ApplicationError as e:
+                    # The node is out of reach from here; the job's state still comes
+                    # from the engine, so keep following and say so once.
+                    if not warned:
+                        print(f"(cannot read node {rank}'s log: {e.message})", file=sys.stderr)
+                        warned = True
+                    break
                 offsets[phase] += len(data)
                 chunk += data
             if first and tail is not None:

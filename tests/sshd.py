@@ -163,7 +163,6 @@ class SSHHosts:
             f"PidFile {self.root}/sshd_{name}.pid",
             "MaxSessions 64",
             "MaxStartups 64:30:128",
-            "Subsystem sftp internal-sftp",
         ]
         if path_env:
             lines.append(f"SetEnv PATH={path_env}")
