@@ -33,6 +33,8 @@ class ClusterHandle(BaseModel):
     cluster: str
     infra: str
     nodes: list[NodeInfo]
+    # The provider's mark on these nodes (ProvisionInput.owner).
+    owner: str = ""
 
     @property
     def head(self) -> NodeInfo:
@@ -43,6 +45,9 @@ class ProvisionInput(BaseModel):
     cluster: str
     infra: str
     num_nodes: int
+    # Unique to this cluster's life (a new cluster of the same name gets another): what
+    # a provider marks its nodes with, so leftovers of an old cluster are never adopted.
+    owner: str = ""
     resources: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -52,6 +57,7 @@ class ClusterRef(BaseModel):
     cluster: str
     infra: str
     handle: ClusterHandle | None = None
+    owner: str = ""
 
 
 class Phase(StrEnum):

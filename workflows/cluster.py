@@ -155,7 +155,17 @@ class ClusterWorkflow:
     # ---- lifecycle -------------------------------------------------------------------
 
     def _ref(self) -> ClusterRef:
-        return ClusterRef(cluster=self.inp.name, infra=self.inp.infra, handle=self.state.handle)
+        return ClusterRef(
+            cluster=self.inp.name,
+            infra=self.inp.infra,
+            handle=self.state.handle,
+            owner=self._owner(),
+        )
+
+    def _owner(self) -> str:
+        if not self.state.uid:
+            self.state.uid = str(workflow.uuid4())
+        return f"{self.inp.name}.{self.state.uid[:8]}"
 
     async def _launch(self) -> None:
         try:
@@ -166,6 +176,7 @@ class ClusterWorkflow:
                     infra=self.inp.infra,
                     num_nodes=self.inp.num_nodes,
                     resources=self.inp.resources,
+                    owner=self._owner(),
                 ),
                 result_type=ClusterHandle,
             )

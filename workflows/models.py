@@ -94,6 +94,8 @@ class ClusterInput(BaseModel):
 
 class ClusterState(BaseModel):
     status: ClusterStatus = ClusterStatus.INIT
+    # Set once at the first run: tells this cluster's nodes from an older namesake's.
+    uid: str = ""
     handle: ClusterHandle | None = None
     jobs: list[JobRecord] = Field(default_factory=list)
     next_job_id: int = 1

@@ -1,9 +1,10 @@
 """The SSH infra: existing machines of a node pool (`ssh/<pool>`), reached with fabric.
 
 A host belongs to at most one cluster at a time. The claim lives on the host itself, as a
-symlink `<node root>/claim → <cluster>` (creating a symlink is atomic and carries its
-owner), so two workers, or a worker retrying after a crash, never hand a host out twice
-and no database on our side can disagree with the machines.
+symlink `<node root>/claim → <cluster>.<uid>` (creating a symlink is atomic and carries
+its owner; the uid tells a cluster from an older one of the same name), so two workers,
+or a worker retrying after a crash, never hand a host out twice, and no database on our
+side can disagree with the machines.
 
 Each host's node root is `$HOME/.skyloom_node/<ip>_<port>`: two pool entries that are the
 same machine (same home, different ports) still get separate job directories.
@@ -46,7 +47,11 @@ if command -v nvidia-smi >/dev/null 2>&1; then
 fi
 true
 """
-_CLAIM = "mkdir -p {root} && {{ ln -s {owner} {root}/claim 2>/dev/null; readlink {root}/claim; }}"
+# A fresh claim clears what an earlier holder may have left (it is stale by definition).
+_CLAIM = (
+    "mkdir -p {root} && {{ if ln -s {owner} {root}/claim 2>/dev/null; then "
+    "rm -rf {root}/jobs {root}/sky_workdir; fi; readlink {root}/claim; }}"
+)
 # Kill every job, remove job dirs and the workdir, then (last) give the host back.
 _RELEASE = (
     'for p in {root}/jobs/*/*/pid; do [ -f "$p" ] && kill -KILL -- "-$(cat "$p")" 2>/dev/null; '
@@ -429,7 +434,7 @@ class _Probe:
             why = self.error.message.removeprefix(f"ssh {self.host.address}: ")
             return f"{self.host.address}: {why}"
         gpus = ", ".join(f"{n}:{c}" for n, c in self.gpus.items()) or "no GPU"
-        held = f", held by cluster {self.owner!r}" if self.owner else ", free"
+        held = f", held by {self.owner!r}" if self.owner else ", free"
         return f"{self.host.address}: {gpus}{held}"
 
 
@@ -498,13 +503,13 @@ class SSHProvider(Provider):
         with ThreadPoolExecutor(max_workers=min(16, max(1, len(hosts)))) as pool:
             return list(pool.map(self._probe, hosts))
 
-    def _claim(self, probe: _Probe, cluster: str) -> bool:
+    def _claim(self, probe: _Probe, owner: str) -> bool:
         res = SSHRunner(probe.host, self.conns).run(
-            _CLAIM.format(root=shlex.quote(probe.root), owner=shlex.quote(cluster))
+            _CLAIM.format(root=shlex.quote(probe.root), owner=shlex.quote(owner))
         )
         res.check(f"claim {probe.host.address}")
         probe.owner = res.stdout.strip()
-        return probe.owner == cluster
+        return probe.owner == owner
 
     def _node(self, rank: int, probe: _Probe) -> NodeInfo:
         h = probe.host
@@ -523,6 +528,7 @@ class SSHProvider(Provider):
 
     def launch(self, req: ProvisionInput) -> ClusterHandle:
         pool, hosts = self._pool(req.infra)
+        owner = req.owner or req.cluster
         want = req.resources.get("accelerators") or None
         probes = self._probe_all(hosts)
         report = "\n  ".join(p.describe() for p in probes)
@@ -536,18 +542,18 @@ class SSHProvider(Provider):
                 f"pool {pool!r} has {len(fit)} host(s) with {asked}; the task needs "
                 f"{req.num_nodes}:\n  {report}",
             )
-        mine = [p for p in fit if p.owner == req.cluster]
+        mine = [p for p in fit if p.owner == owner]
         free = [p for p in fit if not p.owner]
         if len(mine) + len(free) >= req.num_nodes:
             self._claim_more(mine, free, req)
         mine.sort(key=lambda p: hosts.index(p.host))
         for extra in mine[req.num_nodes :]:
-            self._release(extra, req.cluster)
+            self._release(extra, owner)
         mine = mine[: req.num_nodes]
         if len(mine) < req.num_nodes:
             # Nothing half-claimed stays behind; a retry starts over.
             for p in mine:
-                self._release(p, req.cluster)
+                self._release(p, owner)
             # Hosts that may come back make it worth retrying; a bad key or host key on
             # the hosts we lacked is reported as such; otherwise the pool is full.
             errors = [p.error for p in down if p.error is not None]
@@ -565,21 +571,23 @@ class SSHProvider(Provider):
         return ClusterHandle(
             cluster=req.cluster,
             infra=req.infra,
+            owner=owner,
             nodes=[self._node(rank, p) for rank, p in enumerate(mine)],
         )
 
     def _claim_more(self, mine: list[_Probe], free: list[_Probe], req: ProvisionInput) -> None:
         """Claim free hosts in pool order until the cluster has enough (another cluster
         may win a host between our probe and our claim: then the next one is tried)."""
+        owner = req.owner or req.cluster
         for p in free:
             if len(mine) >= req.num_nodes:
                 break
-            if self._claim(p, req.cluster):
+            if self._claim(p, owner):
                 mine.append(p)
 
-    def _release(self, probe: _Probe, cluster: str) -> None:
+    def _release(self, probe: _Probe, owner: str) -> None:
         SSHRunner(probe.host, self.conns).run(
-            _RELEASE.format(root=shlex.quote(probe.root), owner=shlex.quote(cluster)), timeout=60
+            _RELEASE.format(root=shlex.quote(probe.root), owner=shlex.quote(owner)), timeout=60
         ).check(f"release {probe.host.address}")
 
     def terminate(self, ref: ClusterRef) -> None:
@@ -593,8 +601,8 @@ class SSHProvider(Provider):
                 if f"{p.host.pool}/{p.host.key}" in ours:
                     errors.append(p.error)
                 continue
-            if p.owner == ref.cluster:
-                self._release(p, ref.cluster)
+            if p.owner == (ref.owner or ref.cluster):
+                self._release(p, ref.owner or ref.cluster)
         if errors:
             raise errors[0]
 
@@ -607,7 +615,7 @@ class SSHProvider(Provider):
             p = self._probe(host)
             if p.error is not None:
                 raise p.error
-            if p.owner != handle.cluster:
+            if p.owner != (handle.owner or handle.cluster):
                 raise provider_error(
                     ErrorKind.NO_CAPACITY,
                     f"{host.address} is no longer held by cluster {handle.cluster!r} "

@@ -128,13 +128,13 @@ def test_two_node_job_env_sync_logs_and_down(sky: Sky, pools: Pools, tmp_path: P
     # Each host is claimed by this cluster, on the host itself.
     roots = [pools.node_root(h.ip, h.port) for h in hosts]
     for root in roots:
-        assert os.readlink(root / "claim") == "duo"
+        assert os.readlink(root / "claim").startswith("duo.")
         assert (root / "sky_workdir" / "train.py").exists()
         assert not (root / "sky_workdir" / "model.ckpt").exists()
     # A claimed host is not given to a second cluster.
     p = sky.run("launch", "-y", "-c", "other", "--infra", infra, "echo never", timeout=120)
     assert p.returncode != 0
-    assert "held by cluster 'duo'" in p.stdout + p.stderr
+    assert "held by 'duo." in p.stdout + p.stderr
     sky.ok("down", "-y", "duo", timeout=120)
     for root in roots:
         assert not (root / "claim").exists() and not (root / "jobs").exists()
@@ -173,7 +173,7 @@ def test_exec_cancel_stop_start_on_ssh_nodes(sky: Sky, pools: Pools, tmp_path: P
     assert sky.clusters()["ops"]["status"] == "STOPPED"
     wait_until(lambda: not any(_alive(p) for p in children), 20, "jobs killed by stop")
     for h in hosts:
-        assert os.readlink(pools.node_root(h.ip, h.port) / "claim") == "ops"
+        assert os.readlink(pools.node_root(h.ip, h.port) / "claim").startswith("ops.")
     sky.ok("start", "-y", "ops", timeout=120)
     assert "back" in sky.ok("exec", "ops", "echo back")
     sky.ok("down", "-y", "ops")
@@ -228,7 +228,7 @@ def test_gpus_are_detected_and_a_pool_without_them_is_refused(
         "echo gpus=$SKYPILOT_NUM_GPUS_PER_NODE",
     )  # fmt: skip
     assert "gpus=2" in out
-    assert os.readlink(pools.node_root(gpu_host.ip, gpu_host.port) / "claim") == "gpu"
+    assert os.readlink(pools.node_root(gpu_host.ip, gpu_host.port) / "claim").startswith("gpu.")
     assert not (pools.node_root(plain.ip, plain.port) / "claim").exists()
     sky.ok("down", "-y", "gpu")
 
@@ -291,3 +291,24 @@ def test_a_node_that_disappears_fails_the_job_with_the_reason(
     sky.ok("down", "-y", "vanish", timeout=120)
     wait_until(lambda: not _alive(job_pid), 20, "the orphaned job to be killed by down")
     assert not (pools.node_root(host.ip, host.port) / "claim").exists()
+
+
+def test_leftovers_of_an_older_cluster_of_the_same_name_are_never_adopted(
+    sky: Sky, pools: Pools, tmp_path: Path
+):
+    # A host still claimed by a "same" cluster of an engine that is gone, with that
+    # cluster's finished job 1 on it: the new cluster must not take it for its own.
+    old, fresh = pools.hosts.add_loopback(), pools.hosts.add_loopback()
+    old_root = pools.node_root(old.ip, old.port)
+    (old_root / "jobs/1/run/claim").mkdir(parents=True)
+    (old_root / "jobs/1/run/exit_code").write_text("0\n")
+    os.symlink("same.0ldc1a55", old_root / "claim")
+    infra = pools.add("leftover", pools.hosts.pool([old, fresh]))
+    marker = tmp_path / "ran"
+    sky.ok("launch", "-y", "-c", "same", "--infra", infra, f"echo ran > {marker}")
+    assert marker.read_text() == "ran\n"  # the job really ran (on the free host)
+    assert os.readlink(pools.node_root(fresh.ip, fresh.port) / "claim").startswith("same.")
+    assert os.readlink(old_root / "claim") == "same.0ldc1a55"
+    sky.ok("down", "-y", "same")
+    assert os.readlink(old_root / "claim") == "same.0ldc1a55"  # not ours to release
+    subprocess.run(["rm", "-rf", str(old_root)], check=True)
