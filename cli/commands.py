@@ -269,7 +269,9 @@ def cancel(cluster: str, job_ids: list[int], all_jobs: bool) -> None:
     )
 
 
-def lifecycle(verb: str, names: tuple[str, ...], *, all_clusters: bool, yes: bool) -> None:
+def lifecycle(
+    verb: str, names: tuple[str, ...], *, all_clusters: bool, yes: bool, purge: bool = False
+) -> None:
     async def targets(sky: SkyloomClient) -> list[str]:
         return list(names) if not all_clusters else [c.name for c in await sky.list_clusters()]
 
@@ -281,7 +283,7 @@ def lifecycle(verb: str, names: tuple[str, ...], *, all_clusters: bool, yes: boo
         if verb in ("stop", "down") and not yes and sys.stdin.isatty():
             click.confirm(f"{verb.capitalize()} {', '.join(clusters)}?", default=True, abort=True)
         for name in clusters:
-            desc = await getattr(sky, verb)(name)
+            desc = await (sky.down(name, purge) if verb == "down" else getattr(sky, verb)(name))
             shown = "DOWN" if desc.status is ClusterStatus.TERMINATED else desc.status.value
             click.echo(f"{name}: {shown}  {sky.ui_link(cluster_workflow_id(name))}")
         return 0

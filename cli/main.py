@@ -272,22 +272,29 @@ def cancel(cluster: str, job_ids: tuple[int, ...], all_jobs: bool, yes: bool) ->
 # ---- lifecycle --------------------------------------------------------------------------------
 
 
-def _lifecycle_command(verb: str, doc: str) -> None:
+def _lifecycle_command(verb: str, doc: str) -> Callable[..., Any]:
     @cli.command(verb, help=doc)
     @click.argument("clusters", nargs=-1)
     @click.option("-a", "--all", "all_clusters", is_flag=True, help="Every cluster.")
     @click.option("-y", "--yes", is_flag=True, help="Skip confirmation.")
-    def command(clusters: tuple[str, ...], all_clusters: bool, yes: bool) -> None:
+    def command(clusters: tuple[str, ...], all_clusters: bool, yes: bool, **opts: Any) -> None:
         from skyloom.cli import commands
 
         if not clusters and not all_clusters:
             raise BadInput("give CLUSTER name(s) or --all")
-        commands.lifecycle(verb, clusters, all_clusters=all_clusters, yes=yes)
+        commands.lifecycle(verb, clusters, all_clusters=all_clusters, yes=yes, **opts)
+
+    return command
 
 
 _lifecycle_command("stop", "Stop clusters (keep their nodes' disks; jobs are cancelled).")
 _lifecycle_command("start", "Start stopped clusters.")
-_lifecycle_command("down", "Tear clusters down (release every node).")
+click.option(
+    "--purge",
+    is_flag=True,
+    help="Mark the cluster down even if some nodes cannot be released (e.g. a host gone for "
+    "good); what could not be released is named in its status.",
+)(_lifecycle_command("down", "Tear clusters down (release every node)."))
 
 
 @cli.command()

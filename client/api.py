@@ -231,8 +231,8 @@ class SkyloomClient:
     async def start(self, name: str) -> ClusterDescription:
         return await self._lifecycle(name, "start", StartInput())
 
-    async def down(self, name: str) -> ClusterDescription:
-        return await self._lifecycle(name, "down", DownInput())
+    async def down(self, name: str, purge: bool = False) -> ClusterDescription:
+        return await self._lifecycle(name, "down", DownInput(purge=purge))
 
     async def autostop(self, name: str, idle_minutes: int | None, down: bool) -> ClusterDescription:
         return await self._lifecycle(

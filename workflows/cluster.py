@@ -95,7 +95,12 @@ class ClusterWorkflow:
                 if self._autostop_due() and not self.lifecycle.locked():
                     async with self.lifecycle:
                         if self.state.autostop.down:
-                            await self._down("autostop")
+                            try:
+                                await self._down("autostop")
+                            except ApplicationError as e:
+                                # Stay UP and try again after another idle period.
+                                self.state.reason = str(e)
+                                self.state.last_active = workflow.now()
                         else:
                             await self._stop("autostop")
                     continue
@@ -199,9 +204,18 @@ class ClusterWorkflow:
         )
         self._set_status(ClusterStatus.STOPPED, f"stopped ({why})")
 
-    async def _down(self, why: str) -> None:
+    async def _down(self, why: str, purge: bool = False) -> None:
         await self._cancel_jobs_for(f"cluster torn down ({why})")
-        await self._terminate_nodes()
+        try:
+            await self._terminate_nodes()
+        except ActivityError as e:
+            if not purge:
+                raise ApplicationError(
+                    f"could not release the nodes of {self.inp.name}: {_reason(e)}. "
+                    "Retry when they are reachable, or `skyloom down --purge` to forget them.",
+                    non_retryable=True,
+                ) from e
+            why += f"; purged, nodes may be left: {_reason(e)}"
         self._set_status(ClusterStatus.TERMINATED, f"down ({why})")
 
     async def _terminate_nodes(self) -> None:
@@ -414,7 +428,7 @@ class ClusterWorkflow:
     async def down(self, inp: DownInput) -> ClusterDescription:
         async with self.lifecycle:
             if self.state.status is not ClusterStatus.TERMINATED:
-                await self._down("requested")
+                await self._down("requested", purge=inp.purge)
         return self.describe()
 
     @workflow.update

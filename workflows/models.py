@@ -127,7 +127,8 @@ class StopInput(BaseModel):
 
 
 class DownInput(BaseModel):
-    pass
+    # Forget nodes that cannot be released (a host gone for good) instead of failing.
+    purge: bool = False
 
 
 class StartInput(BaseModel):

@@ -287,6 +287,10 @@ def test_a_node_that_disappears_fails_the_job_with_the_reason(
     # The job itself outlived its host's sshd (it is detached); when the host is back,
     # down kills it and gives the host back.
     job_pid = int((pools.node_root(host.ip, host.port) / "jobs/1/run/pid").read_text())
+    # While the host is away, down cannot release it: it says so and how to forget it.
+    p = sky.run("down", "-y", "vanish", timeout=180)
+    assert p.returncode != 0 and "--purge" in p.stderr
+    assert sky.clusters()["vanish"]["status"] == "UP"
     host.restart()
     sky.ok("down", "-y", "vanish", timeout=120)
     wait_until(lambda: not _alive(job_pid), 20, "the orphaned job to be killed by down")
@@ -312,3 +316,13 @@ def test_leftovers_of_an_older_cluster_of_the_same_name_are_never_adopted(
     sky.ok("down", "-y", "same")
     assert os.readlink(old_root / "claim") == "same.0ldc1a55"  # not ours to release
     subprocess.run(["rm", "-rf", str(old_root)], check=True)
+
+
+def test_down_purge_forgets_a_host_gone_for_good(sky: Sky, pools: Pools, tmp_path: Path):
+    host = pools.hosts.add_loopback()
+    infra = pools.add("gone", pools.hosts.pool([host]))
+    sky.ok("launch", "-y", "-c", "gone", "--infra", infra, "echo hi")
+    host.stop()
+    sky.ok("down", "-y", "--purge", "gone", timeout=180)
+    assert "gone" not in sky.clusters()
+    subprocess.run(["rm", "-rf", str(pools.node_root(host.ip, host.port))], check=True)

@@ -64,6 +64,7 @@ class FakeNodes:
         self.exit_codes: dict[tuple[int, str], list[int | None]] = {}
         self.released: dict[tuple[int, str], asyncio.Event] = {}
         self.launch_error: ErrorKind | None = None
+        self.terminate_error: ErrorKind | None = None
         self.alive = False
 
     def release(self, job: int, phase: str, codes: list[int | None]) -> None:
@@ -114,6 +115,8 @@ class FakeNodes:
     @activity.defn(name="terminate_nodes")
     async def terminate_nodes(self, ref: ClusterRef) -> None:
         self.calls["terminate"] += 1
+        if self.terminate_error:
+            raise provider_error(self.terminate_error, "host h1 gone", non_retryable=True)
         self.alive = False
 
     def all(self) -> list:
@@ -360,3 +363,17 @@ async def test_job_needing_more_nodes_than_the_cluster_is_rejected(env, fake):
         with pytest.raises(WorkflowUpdateFailedError):
             await _submit(h, run="x", num_nodes=2)
         assert (await _describe(h)).jobs == []
+
+
+async def test_down_that_cannot_release_nodes_fails_and_purge_forgets_them(env, fake):
+    fake.terminate_error = ErrorKind.UNREACHABLE
+    async with _worker(env, fake):
+        h = await _start(env.client)
+        await _until(h, lambda d: d.status is ClusterStatus.UP, "up")
+        with pytest.raises(WorkflowUpdateFailedError) as e:
+            await h.execute_update("down", DownInput(), result_type=ClusterDescription)
+        assert "--purge" in str(e.value.cause)
+        assert (await _describe(h)).status is ClusterStatus.UP
+        d = await h.execute_update("down", DownInput(purge=True), result_type=ClusterDescription)
+        assert d.status is ClusterStatus.TERMINATED
+        assert "purged" in (d.reason or "") and "host h1 gone" in (d.reason or "")
