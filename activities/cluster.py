@@ -20,6 +20,8 @@ from skyloom.activities.models import (
     ClusterRef,
     KillInput,
     NodeInfo,
+    Observation,
+    ObserveInput,
     Phase,
     PhaseInput,
     PhaseResult,
@@ -174,6 +176,9 @@ class ClusterActivities:
                 f"{d}/cmd.sh": (inp.command + "\n", 0o700),
                 f"{d}/env": (write_env_file(env), 0o600),
             }
+            if inp.notify:
+                # The shared watcher tells this workflow when the phase ends here.
+                files[f"{d}/watch"] = (inp.notify + "\n", 0o644)
             runner.nodelet("start", d, files)
 
         self._each_node(inp.handle, inp.handle.nodes[: inp.num_nodes], start)
@@ -247,6 +252,47 @@ class ClusterActivities:
             activity.heartbeat(sum(done))
             self._sleep(inp.poll_seconds)
 
+    @activity.defn(name="observe_cluster")
+    def observe_cluster(self, inp: ObserveInput) -> list[Observation]:
+        """One look at a cluster: which nodes the provider reports preempted or gone, and
+        how the phase ended on each node where it did. Unreachable nodes say nothing."""
+        handle = inp.ref.handle
+        if handle is None:
+            return []
+        provider = self.providers.get(handle.infra)
+        out = [
+            Observation(cluster=handle.cluster, rank=n.rank, state="preempted")
+            for n, state in zip(handle.nodes, provider.node_states(handle), strict=True)
+            if state != "up"
+        ]
+
+        def look(node: NodeInfo) -> Observation | None:
+            try:
+                word, _, rest = (
+                    provider.runner(node)
+                    .nodelet("status", f"{job_dir(node, inp.job_id)}/{inp.phase.value}")
+                    .partition(" ")
+                )
+            except ApplicationError as e:
+                if e.type == ErrorKind.UNREACHABLE.value:
+                    return None
+                raise
+            if word not in ("exited", "killed"):
+                return None
+            return Observation(
+                cluster=handle.cluster,
+                rank=node.rank,
+                state=word,
+                job_id=inp.job_id,
+                phase=inp.phase,
+                exit_code=int(rest) if word == "exited" else None,
+            )
+
+        down = {o.rank for o in out}
+        live = [n for n in handle.nodes if n.rank not in down]
+        out += [o for o in self._each_node(handle, live, look) if o is not None]
+        return out
+
     @activity.defn(name="kill_job")
     def kill_job(self, inp: KillInput) -> None:
         """Kill both phases of a job on every node; a job that never started stays unstarted."""
@@ -292,6 +338,7 @@ class ClusterActivities:
             self.start_phase,
             self.watch_phase,
             self.kill_job,
+            self.observe_cluster,
             self.stop_nodes,
             self.start_nodes,
             self.terminate_nodes,

@@ -80,6 +80,39 @@ class PhaseInput(BaseModel):
     num_gpus_per_node: float = 0
     # How often watchers look at the node; tests shorten it.
     poll_seconds: float = 1.0
+    # Workflow to tell when the phase ends on a node (the shared watcher does, so the
+    # workflow waits with no activity and no timer); None: it runs watch_phase instead.
+    notify: str | None = None
+
+
+class Observation(BaseModel):
+    """A change the watcher saw on a node, addressed to the workflow watching it: a phase
+    that ended there (`exited`/`killed`), or the node itself `preempted`."""
+
+    cluster: str
+    rank: int
+    state: str
+    job_id: int | None = None
+    phase: Phase | None = None
+    exit_code: int | None = None
+
+    @property
+    def key(self) -> tuple[str, int, int | None, str | None]:
+        return (self.cluster, self.rank, self.job_id, self.phase.value if self.phase else None)
+
+
+class WatchedObservation(BaseModel):
+    workflow_id: str
+    observation: Observation
+
+
+class ObserveInput(BaseModel):
+    """One-shot look at a cluster's nodes and one phase on them (the safety net when no
+    watcher has reported for a long time, and the check after a killed phase)."""
+
+    ref: ClusterRef
+    job_id: int
+    phase: Phase
 
 
 class PhaseResult(BaseModel):

@@ -18,7 +18,10 @@ from skyloom.activities.cluster import ClusterActivities
 from skyloom.client.config import EngineTarget, external_target, home
 from skyloom.client.connection import connect
 from skyloom.worker.providers import build_providers
+from skyloom.worker.watcher import Watcher
 from skyloom.workflows.cluster import ClusterWorkflow
+from skyloom.workflows.job_ids import JobIdsWorkflow
+from skyloom.workflows.managed_job import ManagedJobWorkflow
 from skyloom.workflows.models import TASK_QUEUE
 from temporalio.worker import Worker
 
@@ -31,8 +34,9 @@ MAX_ACTIVITIES = 200
 
 async def run_worker(target: EngineTarget, state: Path, ready_file: Path | None = None) -> None:
     client = await connect(target)
+    providers = build_providers(state)
     activities = ClusterActivities(
-        build_providers(state),
+        providers,
         unreachable_grace=float(os.environ.get("SKYLOOM_UNREACHABLE_GRACE_SECONDS", "60")),
     )
     stop = asyncio.Event()
@@ -43,7 +47,7 @@ async def run_worker(target: EngineTarget, state: Path, ready_file: Path | None 
         worker = Worker(
             client,
             task_queue=TASK_QUEUE,
-            workflows=[ClusterWorkflow],
+            workflows=[ClusterWorkflow, ManagedJobWorkflow, JobIdsWorkflow],
             activities=activities.all(),
             activity_executor=pool,
             max_concurrent_activities=MAX_ACTIVITIES,
@@ -52,7 +56,15 @@ async def run_worker(target: EngineTarget, state: Path, ready_file: Path | None 
             log.info("worker polling %s on %s (pid %d)", TASK_QUEUE, target.address, os.getpid())
             if ready_file is not None:
                 ready_file.write_text(str(os.getpid()))
+            # Every waiting managed job is woken by this one loop, not by its own poller.
+            watcher = Watcher(
+                client,
+                providers,
+                interval=float(os.environ.get("SKYLOOM_WATCH_SECONDS", "1")),
+            )
+            watching = asyncio.create_task(watcher.run(stop))
             await stop.wait()
+            await watching
 
 
 def main(argv: list[str] | None = None) -> None:

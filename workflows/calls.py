@@ -13,6 +13,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.workflow import ActivityCancellationType
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class CallProfile:
     start_to_close: timedelta
     retry: RetryPolicy
     heartbeat: timedelta | None = None
+    cancellation: ActivityCancellationType = ActivityCancellationType.TRY_CANCEL
 
     def run(self, name: str, arg: object, result_type: type | None = None) -> Awaitable[Any]:
         return workflow.execute_activity(
@@ -29,6 +31,7 @@ class CallProfile:
             start_to_close_timeout=self.start_to_close,
             heartbeat_timeout=self.heartbeat,
             retry_policy=self.retry,
+            cancellation_type=self.cancellation,
         )
 
 
@@ -47,6 +50,8 @@ PROVISION = CallProfile(
     start_to_close=timedelta(minutes=15),
     heartbeat=timedelta(seconds=10),
     retry=RetryPolicy(maximum_interval=timedelta(seconds=30), maximum_attempts=5),
+    # A cancelled launch is waited for, so the cleanup after it sees every node it made.
+    cancellation=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
 )
 # Copying files: long, so it heartbeats and a dead worker's copy is resumed elsewhere.
 SYNC = CallProfile(

@@ -11,6 +11,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 from skyloom.activities.models import ClusterHandle
+from skyloom.workflows.recovery import RecoveryPolicy
 
 TASK_QUEUE = "skyloom"
 CLUSTER_WORKFLOW = "ClusterWorkflow"
@@ -173,3 +174,87 @@ class ClusterResult(BaseModel):
     name: str
     status: ClusterStatus
     reason: str | None = None
+
+
+# ---- managed jobs ----------------------------------------------------------------------
+
+MANAGED_JOB_WORKFLOW = "ManagedJobWorkflow"
+JOB_IDS_WORKFLOW = "JobIdsWorkflow"
+JOB_IDS_WORKFLOW_ID = "skyloom-job-ids"
+# The watcher's signal to a workflow: list[Observation] of phases ended / nodes preempted.
+OBSERVE_SIGNAL = "observe"
+CANCEL_SIGNAL = "cancel"
+
+
+def managed_job_workflow_id(job_id: int) -> str:
+    return f"job-{job_id}"
+
+
+class ManagedJobStatus(StrEnum):
+    PENDING = "PENDING"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    RECOVERING = "RECOVERING"
+    CANCELLING = "CANCELLING"
+    SUCCEEDED = "SUCCEEDED"
+    CANCELLED = "CANCELLED"
+    FAILED = "FAILED"
+    FAILED_SETUP = "FAILED_SETUP"
+    FAILED_PRECHECKS = "FAILED_PRECHECKS"
+    FAILED_NO_RESOURCE = "FAILED_NO_RESOURCE"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _MJ_TERMINAL
+
+
+_MJ_TERMINAL = {
+    ManagedJobStatus.SUCCEEDED,
+    ManagedJobStatus.CANCELLED,
+    ManagedJobStatus.FAILED,
+    ManagedJobStatus.FAILED_SETUP,
+    ManagedJobStatus.FAILED_PRECHECKS,
+    ManagedJobStatus.FAILED_NO_RESOURCE,
+}
+
+
+class Candidate(BaseModel):
+    """One place the task may run (an entry of any_of/ordered, or the resources)."""
+
+    infra: str
+    resources: dict = Field(default_factory=dict)
+
+
+class ManagedTask(BaseModel):
+    spec: JobSpec
+    candidates: list[Candidate]
+
+
+class ManagedJobInput(BaseModel):
+    job_id: int
+    name: str
+    tasks: list[ManagedTask]
+    recovery: RecoveryPolicy = Field(default_factory=RecoveryPolicy)
+    user: str = ""
+    # With no news from a watcher for this long, the workflow looks itself (safety net).
+    check_every_seconds: float = 300.0
+    # Between launch retries while recovering (no capacity anywhere).
+    retry_launch_seconds: float = 30.0
+
+
+class ManagedJobView(BaseModel):
+    id: int
+    name: str
+    status: ManagedJobStatus
+    recovery_count: int = 0
+    restarts: int = 0
+    cluster: str | None = None
+    infra: str | None = None
+    task_index: int = 0
+    num_tasks: int = 1
+    submitted_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    reason: str | None = None
+    handle: ClusterHandle | None = None
+    events: list[str] = Field(default_factory=list)

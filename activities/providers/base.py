@@ -12,7 +12,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
-from skyloom.activities.models import ClusterHandle, ClusterRef, NodeInfo, ProvisionInput
+from skyloom.activities.models import (
+    ClusterHandle,
+    ClusterRef,
+    NodeInfo,
+    ProvisionInput,
+    WatchedObservation,
+)
 from skyloom.activities.runners import Runner
 
 
@@ -51,6 +57,20 @@ class Provider(ABC):
     def start(self, handle: ClusterHandle) -> ClusterHandle:
         """Bring stopped nodes back; returns the handle (addresses may change)."""
         return handle
+
+    def node_states(self, handle: ClusterHandle) -> list[str]:
+        """Per rank, from the provider: `up`, `preempted` or `gone` (one call per cluster;
+        providers that cannot tell say `up`, and their nodes' processes are watched)."""
+        return ["up" for _ in handle.nodes]
+
+    def scan(self) -> list[WatchedObservation] | None:
+        """Every watched phase and preempted node this provider has, in one sweep per
+        provider/region and one look per host; None when it cannot be swept."""
+        return None
+
+    def preempt(self, cluster: str) -> None:
+        """Make the cluster's nodes behave as preempted spot instances (for `debug preempt`)."""
+        raise NotImplementedError(f"the {self.name} infra cannot simulate a preemption")
 
     def check(self) -> list[CheckResult]:
         """Whether this infra can be used from here, one result per usable target."""

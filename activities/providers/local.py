@@ -6,11 +6,20 @@ This is the embedded default, so a fresh machine can run everything with no clou
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 from skyloom.activities.errors import ErrorKind, provider_error
-from skyloom.activities.models import ClusterHandle, ClusterRef, NodeInfo, ProvisionInput
+from skyloom.activities.models import (
+    ClusterHandle,
+    ClusterRef,
+    NodeInfo,
+    Observation,
+    Phase,
+    ProvisionInput,
+    WatchedObservation,
+)
 from skyloom.activities.providers.base import Provider
 from skyloom.activities.runners import LocalRunner, Runner
 
@@ -61,3 +70,101 @@ class LocalProvider(Provider):
         return (
             sorted(p.name for p in self.root.glob("*") if p.is_dir()) if self.root.exists() else []
         )
+
+    # -- spot: preemption and the watcher's sweep
+
+    def preempt(self, cluster: str) -> None:
+        """Mark every node preempted (what the provider reports from now on), then kill
+        every process on it, as a reclaimed spot instance does."""
+        d = self._cluster_dir(cluster)
+        nodes = sorted(d.glob("node-*")) if d.exists() else []
+        if not nodes:
+            raise provider_error(ErrorKind.INVALID_SPEC, f"no local cluster {cluster!r}")
+        for node in nodes:
+            (node / "preempted").write_text("preempted\n")
+        self.stop(
+            ClusterHandle(
+                cluster=cluster,
+                infra="local",
+                nodes=[NodeInfo(rank=i, node_id=n.name, root=str(n)) for i, n in enumerate(nodes)],
+            )
+        )
+
+    def node_states(self, handle: ClusterHandle) -> list[str]:
+        out = []
+        for node in handle.nodes:
+            root = Path(node.root)
+            out.append("gone" if not root.exists() else "preempted" if _preempted(root) else "up")
+        return out
+
+    def scan(self) -> list[WatchedObservation]:
+        """All local nodes live on this one host: one sweep of the directories covers every
+        watched phase (a few stats each) and every preempted node."""
+        out: list[WatchedObservation] = []
+        if not self.root.exists():
+            return out
+        for cdir in _dirs(self.root):
+            for ndir in _dirs(cdir):
+                if not ndir.name.startswith("node-"):
+                    continue
+                rank = int(ndir.name.split("-", 1)[1])
+                preempted = _preempted(ndir)
+                told: set[str] = set()
+                for jdir in _dirs(ndir / "jobs"):
+                    for pdir in _dirs(jdir):
+                        try:
+                            wid = (pdir / "watch").read_text().strip()
+                        except (FileNotFoundError, NotADirectoryError):
+                            continue
+                        if preempted and wid not in told:
+                            told.add(wid)
+                            obs = Observation(cluster=cdir.name, rank=rank, state="preempted")
+                            out.append(WatchedObservation(workflow_id=wid, observation=obs))
+                        ended = _phase_end(pdir)
+                        if ended is not None and pdir.name in (Phase.SETUP, Phase.RUN):
+                            state, code = ended
+                            obs = Observation(
+                                cluster=cdir.name,
+                                rank=rank,
+                                state=state,
+                                job_id=int(jdir.name),
+                                phase=Phase(pdir.name),
+                                exit_code=code,
+                            )
+                            out.append(WatchedObservation(workflow_id=wid, observation=obs))
+        return out
+
+
+def _dirs(path: Path) -> list[Path]:
+    try:
+        return [Path(e.path) for e in os.scandir(path) if e.is_dir()]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _preempted(node: Path) -> bool:
+    return (node / "preempted").exists()
+
+
+def _phase_end(pdir: Path) -> tuple[str, int | None] | None:
+    """('exited', code) or ('killed', None) for a phase that ended; None while it runs."""
+    try:
+        return "exited", int((pdir / "exit_code").read_text())
+    except (FileNotFoundError, ValueError):
+        pass
+    try:
+        pid = int((pdir / "pid").read_text())
+    except (FileNotFoundError, ValueError):
+        return None  # not started yet
+    try:
+        os.kill(pid, 0)
+        return None
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        return None
+    # Dead without an exit code, unless it wrote one between our two looks.
+    try:
+        return "exited", int((pdir / "exit_code").read_text())
+    except (FileNotFoundError, ValueError):
+        return "killed", None
