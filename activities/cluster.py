@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
+from pathlib import Path
 from typing import TypeVar
 
 from skyloom.activities.errors import ErrorKind, provider_error
@@ -26,8 +27,10 @@ from skyloom.activities.models import (
     PhaseInput,
     PhaseResult,
     ProvisionInput,
+    SaveLogsInput,
     SyncInput,
     job_dir,
+    log_path,
     workdir_path,
 )
 from skyloom.activities.providers.base import Provider
@@ -130,8 +133,11 @@ class ClusterActivities:
         *,
         sleep: Callable[[float], None] = time.sleep,
         unreachable_grace: float = 60.0,
+        logs_dir: Path | None = None,
     ):
         self.providers = providers
+        # Where managed jobs' logs are kept once their clusters are gone.
+        self.logs_dir = logs_dir
         self._sleep = sleep
         # A node that cannot be reached for this long fails the phase (gone, not slow).
         self.unreachable_grace = unreachable_grace
@@ -293,6 +299,27 @@ class ClusterActivities:
         out += [o for o in self._each_node(handle, live, look) if o is not None]
         return out
 
+    @activity.defn(name="save_logs")
+    def save_logs(self, inp: SaveLogsInput) -> None:
+        """Copy setup and run logs of every node to `<logs_dir>/<dest>/` (best effort: an
+        unreachable node's log is skipped, never a reason to keep the cluster)."""
+        if self.logs_dir is None:
+            return
+        dest = self.logs_dir / inp.dest
+        dest.mkdir(parents=True, exist_ok=True)
+
+        def save(node: NodeInfo) -> None:
+            runner = self._runner(inp.handle, node)
+            for phase in (Phase.SETUP, Phase.RUN):
+                try:
+                    data = runner.read_file(log_path(node, inp.job_id, phase))
+                except ApplicationError:
+                    return
+                if data:
+                    (dest / f"{phase.value}-rank{node.rank}.log").write_bytes(data)
+
+        self._each_node(inp.handle, inp.handle.nodes, save)
+
     @activity.defn(name="kill_job")
     def kill_job(self, inp: KillInput) -> None:
         """Kill both phases of a job on every node; a job that never started stays unstarted."""
@@ -339,6 +366,7 @@ class ClusterActivities:
             self.watch_phase,
             self.kill_job,
             self.observe_cluster,
+            self.save_logs,
             self.stop_nodes,
             self.start_nodes,
             self.terminate_nodes,

@@ -115,6 +115,15 @@ class ObserveInput(BaseModel):
     phase: Phase
 
 
+class SaveLogsInput(BaseModel):
+    """Copy a job's logs off its nodes before they go (managed jobs outlive clusters)."""
+
+    handle: ClusterHandle
+    job_id: int
+    # Where under the worker's job-log directory: `<managed job id>/<attempt>`.
+    dest: str
+
+
 class PhaseResult(BaseModel):
     """How one phase ended on each node: exit code, or None when it was killed."""
 

@@ -43,9 +43,16 @@ def task_from_args(
         base_dir = Path(yaml_path).resolve().parent
     else:
         task = Task(run=command)
+    if overrides.get("workdir"):
+        base_dir = Path.cwd()
+    return apply_overrides(task, overrides), base_dir
+
+
+def apply_overrides(task: Task, overrides: dict[str, Any]) -> Task:
+    """The task with command-line flags (infra, accelerators, …) put over its fields."""
     data = task.model_dump(exclude_unset=True, by_alias=True)
     res = data.setdefault("resources", {})
-    for key in ("infra", "accelerators", "cpus", "memory", "use_spot"):
+    for key in ("infra", "accelerators", "cpus", "memory", "use_spot", "job_recovery"):
         if overrides.get(key) is not None:
             if key == "infra":
                 for legacy in ("cloud", "region", "zone"):
@@ -54,10 +61,8 @@ def task_from_args(
     for key in ("name", "num_nodes", "workdir"):
         if overrides.get(key) is not None:
             data[key] = overrides[key]
-    if overrides.get("workdir"):
-        base_dir = Path.cwd()
     try:
-        return parse_task(data, "command line"), base_dir
+        return parse_task(data, "command line")
     except SpecError as e:
         raise BadInput(str(e)) from None
 

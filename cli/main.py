@@ -36,7 +36,7 @@ def run_with_client(fn: Callable[[SkyloomClient], Awaitable[Any]]) -> Any:
     """Connect (starting the embedded engine if needed) and run fn; map errors to exits."""
     import asyncio
 
-    from skyloom.client.api import ClusterNotFound, Rejected, SkyloomClient
+    from skyloom.client.api import ClusterNotFound, JobNotFound, Rejected, SkyloomClient
     from skyloom.client.connection import EngineUnreachable, connect, resolve_target
 
     async def go() -> Any:
@@ -47,7 +47,7 @@ def run_with_client(fn: Callable[[SkyloomClient], Awaitable[Any]]) -> Any:
         return asyncio.run(go())
     except EngineUnreachable as e:
         _fail(str(e), EXIT_ENGINE)
-    except (ClusterNotFound, Rejected) as e:
+    except (ClusterNotFound, JobNotFound, Rejected) as e:
         _fail(str(e), EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         _fail("interrupted (the workflow goes on; see `skyloom status`)", 130)
@@ -349,6 +349,113 @@ def check(output: str) -> None:
     from skyloom.cli import commands
 
     commands.check(as_json=output == "json")
+
+
+# ---- managed jobs -----------------------------------------------------------------------------
+
+
+@cli.group()
+def jobs() -> None:
+    """Managed jobs: run to completion on a cluster of their own, recovered on preemption."""
+
+
+@jobs.command("launch")
+@click.argument("task_yaml", required=False)
+@click.argument("entrypoint", nargs=-1)
+@click.option("-n", "--name", help="Job name (default: the task's or pipeline's name).")
+@click.option("-d", "--detach-run", "detach", is_flag=True, help="Return once submitted.")
+@click.option("-y", "--yes", is_flag=True, help="Skip confirmation.")
+@click.option("--infra", help="Where to run: local (default), ssh/<pool>, aws[/region], ...")
+@click.option("--gpus", help="Accelerators per node, e.g. A100:8.")
+@click.option("--num-nodes", type=int, help="Number of nodes.")
+@click.option("--use-spot/--no-use-spot", default=None, help="Use spot instances.")
+@click.option(
+    "--job-recovery",
+    type=click.Choice(["EAGER_NEXT_REGION", "FAILOVER"], case_sensitive=False),
+    help="Recovery strategy after a preemption.",
+)
+@click.option("--env", "envs", multiple=True, help="KEY=VALUE (or KEY from the environment).")
+@click.option("--secret", "secrets", multiple=True, help="KEY=VALUE secret, never displayed.")
+def jobs_launch(
+    task_yaml: str | None,
+    entrypoint: tuple[str, ...],
+    name: str | None,
+    detach: bool,
+    yes: bool,
+    infra: str | None,
+    gpus: str | None,
+    num_nodes: int | None,
+    use_spot: bool | None,
+    job_recovery: str | None,
+    envs: tuple[str, ...],
+    secrets: tuple[str, ...],
+) -> None:
+    """Launch a managed job (TASK_YAML, a pipeline YAML, or a command)."""
+    from skyloom.cli import jobs as body
+
+    body.launch(
+        task_yaml,
+        entrypoint,
+        name=name,
+        detach=detach,
+        yes=yes,
+        overrides=dict(
+            infra=infra,
+            accelerators=gpus,
+            num_nodes=num_nodes,
+            use_spot=use_spot,
+            job_recovery=job_recovery.upper() if job_recovery else None,
+        ),
+        envs=_pairs(envs, "--env", True),
+        secrets=_pairs(secrets, "--secret", True),
+    )
+
+
+@jobs.command("queue")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.option("-s", "--skip-finished", is_flag=True, help="Only jobs that have not ended.")
+def jobs_queue(output: str, skip_finished: bool) -> None:
+    """Managed jobs with their state, recovery count, cluster and infra."""
+    from skyloom.cli import jobs as body
+
+    body.queue(as_json=output == "json", skip_finished=skip_finished)
+
+
+@jobs.command("logs")
+@click.argument("job_id", type=int)
+@click.option("--follow/--no-follow", default=True, help="Stream until the job ends.")
+def jobs_logs(job_id: int, follow: bool) -> None:
+    """A managed job's output (rank 0), across its recoveries."""
+    from skyloom.cli import jobs as body
+
+    body.logs(job_id, follow_=follow)
+
+
+@jobs.command("cancel")
+@click.argument("job_ids", type=int, nargs=-1)
+@click.option("-a", "--all", "all_jobs", is_flag=True, help="Every managed job not yet ended.")
+@click.option("-y", "--yes", is_flag=True, help="Skip confirmation.")
+def jobs_cancel(job_ids: tuple[int, ...], all_jobs: bool, yes: bool) -> None:
+    """Cancel managed jobs; their clusters are torn down."""
+    from skyloom.cli import jobs as body
+
+    if not job_ids and not all_jobs:
+        raise BadInput("give JOB_ID(s) or --all")
+    body.cancel(job_ids, all_jobs=all_jobs, yes=yes)
+
+
+@cli.group()
+def debug() -> None:
+    """Tools to watch skyloom's recovery at work."""
+
+
+@debug.command("preempt")
+@click.argument("cluster")
+def debug_preempt(cluster: str) -> None:
+    """Make a local cluster's nodes behave as preempted spot instances."""
+    from skyloom.cli import jobs as body
+
+    body.preempt(cluster)
 
 
 # ---- engine / worker --------------------------------------------------------------------------

@@ -97,3 +97,25 @@ def engine(data: dict) -> None:
     print(f"Worker:  {wk} (pid {data['worker_pid'] or '-'})")
     print(f"Web UI:  {data['ui_url'] or '-'}")
     print(f"State:   {data['state_dir']}")
+
+
+def managed_jobs(rows: list[dict]) -> None:
+    if not rows:
+        print("No managed jobs.")
+        return
+    _table(
+        "Managed jobs",
+        ["ID", "NAME", "SUBMITTED", "STATUS", "RECOVERIES", "CLUSTER", "INFRA"],
+        [
+            [
+                str(j["id"]),
+                j["name"] or "-",
+                _ago(j["submitted_at"]),
+                j["status"],
+                str(j["recovery_count"]),
+                j["cluster"] or "-",
+                j["infra"] or "-",
+            ]
+            for j in rows
+        ],
+    )

@@ -15,7 +15,11 @@ from skyloom.client.config import EngineTarget, user
 from skyloom.spec.models import Task
 from skyloom.workflows import search
 from skyloom.workflows.models import (
+    CANCEL_SIGNAL,
     CLUSTER_WORKFLOW,
+    JOB_IDS_WORKFLOW,
+    JOB_IDS_WORKFLOW_ID,
+    MANAGED_JOB_WORKFLOW,
     TASK_QUEUE,
     AutostopConfig,
     AutostopInput,
@@ -26,12 +30,18 @@ from skyloom.workflows.models import (
     ClusterStatus,
     DownInput,
     JobSpec,
+    ManagedJobInput,
+    ManagedJobStatus,
+    ManagedJobView,
+    ManagedTask,
     StartInput,
     StopInput,
     SubmitJobInput,
     SubmitJobResult,
     cluster_workflow_id,
+    managed_job_workflow_id,
 )
+from skyloom.workflows.recovery import RecoveryPolicy
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import (
     SearchAttributePair,
@@ -42,6 +52,10 @@ from temporalio.service import RPCError, RPCStatusCode
 
 
 class ClusterNotFound(LookupError):
+    pass
+
+
+class JobNotFound(LookupError):
     pass
 
 
@@ -252,3 +266,89 @@ def node_handle(desc: ClusterDescription) -> ClusterHandle:
     if desc.handle is None:
         raise Rejected(f"cluster {desc.name} has no nodes yet ({desc.status.value})")
     return desc.handle
+
+    # -- managed jobs --------------------------------------------------------------------
+
+    async def _allocate_job_id(self) -> int:
+        handle = self.client.get_workflow_handle(JOB_IDS_WORKFLOW_ID)
+        try:
+            return int(await handle.execute_update("allocate", result_type=int))
+        except RPCError as e:
+            if e.status != RPCStatusCode.NOT_FOUND:
+                raise
+        await self.client.start_workflow(
+            JOB_IDS_WORKFLOW,
+            1,
+            id=JOB_IDS_WORKFLOW_ID,
+            task_queue=TASK_QUEUE,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            search_attributes=TypedSearchAttributes(
+                [SearchAttributePair(search.SA_KIND, "job-ids")]
+            ),
+        )
+        return int(await handle.execute_update("allocate", result_type=int))
+
+    async def launch_managed(
+        self, name: str, tasks: list[ManagedTask], recovery: RecoveryPolicy
+    ) -> int:
+        """Start `job-<id>`; returns the new job id."""
+        job_id = await self._allocate_job_id()
+        infra = tasks[0].candidates[0].infra if tasks and tasks[0].candidates else ""
+        await self.client.start_workflow(
+            MANAGED_JOB_WORKFLOW,
+            ManagedJobInput(job_id=job_id, name=name, tasks=tasks, recovery=recovery, user=user()),
+            id=managed_job_workflow_id(job_id),
+            task_queue=TASK_QUEUE,
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(search.SA_KIND, "job"),
+                    SearchAttributePair(search.SA_NAME, name),
+                    SearchAttributePair(search.SA_STATUS, ManagedJobStatus.PENDING.value),
+                    SearchAttributePair(search.SA_INFRA, infra),
+                    SearchAttributePair(search.SA_USER, user()),
+                ]
+            ),
+            memo={"recovery_count": 0, "cluster": None, "infra": infra, "reason": None},
+        )
+        return job_id
+
+    async def list_managed(self) -> list[dict]:
+        """Every managed job, newest first, from one visibility query (state from search
+        attributes and memo, which the workflow keeps current)."""
+        out = []
+        async for ex in self.client.list_workflows('SkyloomKind="job"'):
+            sa = ex.typed_search_attributes
+            memo = await ex.memo()
+            out.append(
+                {
+                    "id": int(ex.id.removeprefix("job-")),
+                    "name": sa.get(search.SA_NAME),
+                    "status": sa.get(search.SA_STATUS) or ManagedJobStatus.PENDING.value,
+                    "recovery_count": int(memo.get("recovery_count") or 0),
+                    "cluster": memo.get("cluster"),
+                    "infra": memo.get("infra") or sa.get(search.SA_INFRA),
+                    "user": sa.get(search.SA_USER),
+                    "submitted_at": ex.start_time.isoformat() if ex.start_time else None,
+                    "ended_at": ex.close_time.isoformat() if ex.close_time else None,
+                    "reason": memo.get("reason"),
+                    "workflow_id": ex.id,
+                }
+            )
+        return sorted(out, key=lambda j: -j["id"])
+
+    async def describe_managed(self, job_id: int) -> ManagedJobView:
+        try:
+            handle = self.client.get_workflow_handle(managed_job_workflow_id(job_id))
+            return await handle.query("describe", result_type=ManagedJobView)
+        except RPCError as e:
+            if e.status == RPCStatusCode.NOT_FOUND:
+                raise JobNotFound(f"managed job {job_id} not found") from e
+            raise
+
+    async def cancel_managed(self, job_id: int) -> bool:
+        """Ask job `job_id` to cancel; False when it had already ended."""
+        view = await self.describe_managed(job_id)
+        if view.status.terminal:
+            return False
+        await self.client.get_workflow_handle(managed_job_workflow_id(job_id)).signal(CANCEL_SIGNAL)
+        return True

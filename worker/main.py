@@ -38,6 +38,7 @@ async def run_worker(target: EngineTarget, state: Path, ready_file: Path | None 
     activities = ClusterActivities(
         providers,
         unreachable_grace=float(os.environ.get("SKYLOOM_UNREACHABLE_GRACE_SECONDS", "60")),
+        logs_dir=state / "job_logs",
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

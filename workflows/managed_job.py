@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         Phase,
         PhaseInput,
         ProvisionInput,
+        SaveLogsInput,
         SyncInput,
     )
     from skyloom.workflows import calls
@@ -198,6 +199,7 @@ class ManagedJobWorkflow:
             raise _AttemptFailed(_message(e)) from e
         finally:
             if not self.cancel_requested:
+                await self._save_logs(handle, f"{self.inp.job_id}/{self.attempts}")
                 await self._terminate(name)
 
     async def _launch(
@@ -346,6 +348,12 @@ class ManagedJobWorkflow:
         except TimeoutError:
             return
         raise _Cancelled()
+
+    async def _save_logs(self, handle: ClusterHandle, dest: str) -> None:
+        with contextlib.suppress(ActivityError):
+            await calls.QUICK.run(
+                "save_logs", SaveLogsInput(handle=handle, job_id=JOB_ON_CLUSTER, dest=dest)
+            )
 
     async def _terminate(self, name: str) -> None:
         ref = self.live.get(name)

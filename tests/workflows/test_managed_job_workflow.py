@@ -20,6 +20,7 @@ from skyloom.activities.models import (
     Phase,
     PhaseInput,
     ProvisionInput,
+    SaveLogsInput,
     SyncInput,
 )
 from skyloom.workflows import search
@@ -93,6 +94,10 @@ class FakeCloud:
             out.append(Observation(cluster=name, rank=0, state="preempted"))
         return out
 
+    @activity.defn(name="save_logs")
+    async def save_logs(self, inp: SaveLogsInput) -> None:
+        self.calls["save_logs"] += 1
+
     @activity.defn(name="kill_job")
     async def kill_job(self, inp: KillInput) -> None:
         self.calls["kill"] += 1
@@ -109,6 +114,7 @@ class FakeCloud:
             self.start_phase,
             self.observe_cluster,
             self.kill_job,
+            self.save_logs,
             self.terminate_nodes,
         ]
 
