@@ -261,12 +261,6 @@ class SkyloomClient:
     async def wait_closed(self, name: str) -> None:
         await self._handle(name).result()
 
-
-def node_handle(desc: ClusterDescription) -> ClusterHandle:
-    if desc.handle is None:
-        raise Rejected(f"cluster {desc.name} has no nodes yet ({desc.status.value})")
-    return desc.handle
-
     # -- managed jobs --------------------------------------------------------------------
 
     async def _allocate_job_id(self) -> int:
@@ -352,3 +346,9 @@ def node_handle(desc: ClusterDescription) -> ClusterHandle:
             return False
         await self.client.get_workflow_handle(managed_job_workflow_id(job_id)).signal(CANCEL_SIGNAL)
         return True
+
+
+def node_handle(desc: ClusterDescription) -> ClusterHandle:
+    if desc.handle is None:
+        raise Rejected(f"cluster {desc.name} has no nodes yet ({desc.status.value})")
+    return desc.handle
