@@ -82,8 +82,10 @@ async def run_size(n: int, sleep: int, trials: int) -> None:
                 return await sky.launch_managed(f"b{i}", [task], RecoveryPolicy())
 
         t0 = time.perf_counter()
-        launching = asyncio.ensure_future(asyncio.gather(*(one(i) for i in range(n))))
-        all_running = all_done = None
+        launching = asyncio.ensure_future(
+            sky.launch_managed_many([(f"b{i}", [task], RecoveryPolicy()) for i in range(n)])
+        )
+        all_running = all_done = submitted = None
         while True:
             await asyncio.sleep(1)
             peak = {
@@ -92,6 +94,8 @@ async def run_size(n: int, sleep: int, trials: int) -> None:
             }
             if not launching.done():
                 continue
+            if submitted is None:
+                submitted = time.perf_counter() - t0
             rows = await sky.list_managed()
             counts: dict[str, int] = {}
             for r in rows:
@@ -108,9 +112,10 @@ async def run_size(n: int, sleep: int, trials: int) -> None:
         ids = launching.result()
         hist = await sky.client.get_workflow_handle(managed_job_workflow_id(ids[0])).fetch_history()
         print(
-            f"N={n:>6}: all RUNNING {all_running:7.1f} s, all SUCCEEDED {all_done:7.1f} s "
-            f"(jobs sleep {sleep} s); peak RSS engine {peak['engine']:.0f} MB, worker "
-            f"{peak['worker']:.0f} MB; history of one job: {len(hist.events)} events",
+            f"N={n:>6}: submitted {submitted:6.1f} s, all RUNNING {all_running:7.1f} s, "
+            f"all SUCCEEDED {all_done:7.1f} s (jobs sleep {sleep} s); peak RSS engine "
+            f"{peak['engine']:.0f} MB, worker {peak['worker']:.0f} MB; "
+            f"history of one job: {len(hist.events)} events",
             flush=True,
         )
         if trials:

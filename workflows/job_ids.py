@@ -1,5 +1,6 @@
 """Managed-job ids: 1, 2, 3, … handed out by one long-lived workflow, so ids are short and
-ordered like SkyPilot's, and two launches never get the same one."""
+ordered like SkyPilot's, and two launches never get the same one. It is the one serial
+point of launching; ids are handed out in blocks for batch launches."""
 
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ class JobIdsWorkflow:
         workflow.continue_as_new(self.next_id)
 
     @workflow.update
-    def allocate(self) -> int:
+    def allocate(self, count: int = 1) -> int:
+        """The first of `count` consecutive new ids. One workflow serialises every
+        allocation (and Temporal admits 10 in-flight updates per workflow), so launching
+        many jobs at once asks for all their ids in one call."""
         job_id = self.next_id
-        self.next_id += 1
+        self.next_id += max(1, count)
         return job_id
