@@ -184,7 +184,9 @@ class ClusterActivities:
             }
             if inp.notify:
                 # The shared watcher tells this workflow when the phase ends here.
-                files[f"{d}/watch"] = (inp.notify + "\n", 0o644)
+                # Line 1: whom to tell; then which cluster and rank this node is to it.
+                watch = f"{inp.notify}\n{inp.handle.cluster}\n{node.rank}\n"
+                files[f"{d}/watch"] = (watch, 0o644)
             runner.nodelet("start", d, files)
 
         self._each_node(inp.handle, inp.handle.nodes[: inp.num_nodes], start)

@@ -113,7 +113,7 @@ class LocalProvider(Provider):
                 for jdir in _dirs(ndir / "jobs"):
                     for pdir in _dirs(jdir):
                         try:
-                            wid = (pdir / "watch").read_text().strip()
+                            wid = (pdir / "watch").read_text().split("\n", 1)[0].strip()
                         except (FileNotFoundError, NotADirectoryError):
                             continue
                         if preempted and wid not in told:

@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from skyloom.activities.errors import ErrorKind, provider_error
-from skyloom.activities.models import ClusterHandle, ClusterRef, NodeInfo, ProvisionInput
+from skyloom.activities.models import (
+    ClusterHandle,
+    ClusterRef,
+    NodeInfo,
+    Observation,
+    Phase,
+    ProvisionInput,
+    WatchedObservation,
+)
 from skyloom.activities.providers.base import CheckResult, Provider
 from skyloom.activities.runners import CommandResult, Runner, rsync_filters
 from skyloom.spec.loader import SpecError
@@ -45,6 +53,22 @@ echo "owner=$(readlink "$root/claim" 2>/dev/null)"
 if command -v nvidia-smi >/dev/null 2>&1; then
   nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | sed 's/^/gpu=/'
 fi
+true
+"""
+# Every watched phase on a host, one line each: "<workflow> <cluster> <rank> <job> <phase>
+# <state> [code]" for phases that ended (the watcher's one look per host per round).
+_SWEEP = r"""
+for w in "$HOME"/{node_dir}/{key}/jobs/*/*/watch; do
+  [ -f "$w" ] || continue
+  d=${{w%/watch}}; phase=${{d##*/}}; j=${{d%/*}}; job=${{j##*/}}
+  {{ read -r wid; read -r cluster; read -r rank; }} < "$w"
+  at="$wid $cluster $rank $job $phase"
+  if [ -f "$d/exit_code" ]; then echo "$at exited $(cat "$d/exit_code")"
+  elif [ -f "$d/pid" ] && ! kill -0 "$(cat "$d/pid")" 2>/dev/null; then
+    if [ -f "$d/exit_code" ]; then echo "$at exited $(cat "$d/exit_code")"
+    else echo "$at killed"; fi
+  fi
+done
 true
 """
 # A fresh claim clears what an earlier holder may have left (it is stale by definition).
@@ -622,6 +646,46 @@ class SSHProvider(Provider):
                     f"(owner: {p.owner or 'none'})",
                 )
         return handle
+
+    def scan(self) -> list[WatchedObservation]:
+        """One command per host of every pool, covering every watched phase on it. A host
+        that does not answer says nothing this round (never a preemption: SSH hosts are
+        not spot; a job on a host gone for long is failed by its workflow's own look)."""
+        try:
+            pools = load_pools(self.pools_file)
+        except SpecError:
+            return []
+        hosts = [h for hs in pools.values() for h in hs]
+        if not hosts:
+            return []
+
+        def sweep(host: SSHHost) -> list[WatchedObservation]:
+            try:
+                res = SSHRunner(host, self.conns).run(
+                    _SWEEP.format(node_dir=NODE_DIR, key=host.key), timeout=30
+                )
+            except ApplicationError:
+                return []
+            out = []
+            for line in res.stdout.splitlines():
+                parts = line.split()
+                if len(parts) < 6 or parts[4] not in ("setup", "run"):
+                    continue
+                wid, cluster, rank, job, phase, state = parts[:6]
+                code = int(parts[6]) if state == "exited" and len(parts) > 6 else None
+                obs = Observation(
+                    cluster=cluster,
+                    rank=int(rank),
+                    state=state,
+                    job_id=int(job),
+                    phase=Phase(phase),
+                    exit_code=code,
+                )
+                out.append(WatchedObservation(workflow_id=wid, observation=obs))
+            return out
+
+        with ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool:
+            return [o for found in pool.map(sweep, hosts) for o in found]
 
     def check(self) -> list[CheckResult]:
         try:

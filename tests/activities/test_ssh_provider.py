@@ -160,3 +160,26 @@ def test_missing_rsync_that_cannot_be_installed_is_a_clear_final_error():
         runner.ensure_rsync()
     assert e.value.type == ErrorKind.NODE_SETUP.value and e.value.non_retryable
     assert "u@10.9.9.9:22" in e.value.message and "install rsync" in e.value.message
+
+
+@needs_sshd
+def test_one_sweep_per_host_reports_ended_watched_phases(tmp_path: Path, hosts: SSHHosts):
+    hosts.add_loopback()
+    prov = provider(tmp_path, hosts.pool())
+    node = prov.launch(req("w")).nodes[0]
+    runner = prov.runner(node)
+    base = f"{node.root}/jobs"
+    runner.put_file(f"{base}/1/run/watch", "job-9\nw\n0\n")
+    runner.put_file(f"{base}/1/run/exit_code", "3\n")
+    runner.put_file(f"{base}/2/setup/watch", "job-9\nw\n0\n")
+    runner.run(f"echo 999999 > {base}/2/setup/pid")  # a process that is gone: killed
+    runner.put_file(f"{base}/3/run/watch", "job-9\nw\n0\n")
+    # Still running: not reported (terminate kills its process group).
+    runner.run(f"setsid sleep 60 >/dev/null 2>&1 < /dev/null & echo $! > {base}/3/run/pid")
+    runner.put_file(f"{base}/4/run/exit_code", "0\n")  # not watched: not reported
+    seen = sorted(
+        (w.workflow_id, w.observation.job_id, w.observation.state, w.observation.exit_code)
+        for w in prov.scan()
+    )
+    assert seen == [("job-9", 1, "exited", 3), ("job-9", 2, "killed", None)]
+    prov.terminate(ClusterRef(cluster="w", infra="ssh/p", owner="w.u1"))

@@ -326,3 +326,28 @@ def test_down_purge_forgets_a_host_gone_for_good(sky: Sky, pools: Pools, tmp_pat
     sky.ok("down", "-y", "--purge", "gone", timeout=180)
     assert "gone" not in sky.clusters()
     subprocess.run(["rm", "-rf", str(pools.node_root(host.ip, host.port))], check=True)
+
+
+def test_managed_job_on_an_ssh_pool_is_woken_by_the_shared_watcher(
+    sky: Sky, pools: Pools, tmp_path: Path
+):
+    host = pools.hosts.add_loopback()
+    infra = pools.add("mj", pools.hosts.pool([host]))
+    out = sky.ok("jobs", "launch", "-d", "-y", "--infra", infra, "echo managed-on-ssh")
+    job = int(out.split("Managed job ")[-1].split()[0])
+    # Well inside the workflow's own safety-net look (minutes): the watcher's sweep of
+    # the host told it.
+    j = wait_until(
+        lambda: (
+            (j := {r["id"]: r for r in yaml.safe_load(sky.ok("jobs", "queue", "-o", "json"))}[job])[
+                "status"
+            ]
+            == "SUCCEEDED"
+            and j
+        ),
+        60,
+        "managed job on ssh to succeed",
+    )
+    assert j["infra"] == infra
+    assert "managed-on-ssh" in sky.ok("jobs", "logs", str(job), "--no-follow")
+    assert not (pools.node_root(host.ip, host.port) / "claim").exists()
