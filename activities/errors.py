@@ -46,11 +46,18 @@ def provider_error(
     return ApplicationError(message, type=kind.value, non_retryable=final)
 
 
+def application_error(err: BaseException) -> ApplicationError | None:
+    """The ApplicationError behind an activity failure as the workflow sees it (an
+    ActivityError wraps it in its cause chain)."""
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, ApplicationError):
+        cause = cause.__cause__
+    return cause
+
+
 def kind_of(err: BaseException) -> ErrorKind | None:
     """The ErrorKind behind an activity failure as the workflow sees it."""
-    cause: BaseException | None = err
-    while cause is not None:
-        if isinstance(cause, ApplicationError) and cause.type in ErrorKind._value2member_map_:
-            return ErrorKind(str(cause.type))
-        cause = cause.__cause__
+    cause = application_error(err)
+    if cause is not None and cause.type in ErrorKind._value2member_map_:
+        return ErrorKind(str(cause.type))
     return None

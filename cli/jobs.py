@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from skyloom.activities.models import Phase, log_path
 from skyloom.cli import render
 from skyloom.cli.commands import (
     _check_local_paths,
@@ -20,7 +21,9 @@ from skyloom.client.api import SkyloomClient, job_spec_from_task
 from skyloom.spec.loader import SpecError, load_task_file
 from skyloom.spec.models import Task
 from skyloom.workflows.models import (
+    MANAGED_JOB_ON_CLUSTER,
     Candidate,
+    ManagedJobStatus,
     ManagedJobView,
     ManagedTask,
     managed_job_workflow_id,
@@ -146,9 +149,9 @@ async def follow(sky: SkyloomClient, job_id: int, *, follow_logs: bool) -> Manag
         if follow_logs and handle is not None and not view.status.terminal:
             node = handle.nodes[0]
             runner = providers.get(handle.infra).runner(node)
-            for phase in ("setup", "run"):
-                key = (handle.cluster, phase)
-                path = f"{node.root}/jobs/1/{phase}/log"
+            for phase in (Phase.SETUP, Phase.RUN):
+                key = (handle.cluster, phase.value)
+                path = log_path(node, MANAGED_JOB_ON_CLUSTER, phase)
                 try:
                     data = await asyncio.to_thread(runner.read_file, path, offsets.get(key, 0))
                 except ApplicationError:
@@ -176,10 +179,8 @@ def queue(*, as_json: bool, skip_finished: bool) -> None:
         return await sky.list_managed()
 
     rows = run_with_client(go)
-    terminal = {"SUCCEEDED", "CANCELLED", "FAILED", "FAILED_SETUP", "FAILED_PRECHECKS",
-                "FAILED_NO_RESOURCE"}  # fmt: skip
     if skip_finished:
-        rows = [r for r in rows if r["status"] not in terminal]
+        rows = [r for r in rows if not ManagedJobStatus(r["status"]).terminal]
     if as_json:
         _echo_json(rows)
     else:
@@ -215,9 +216,8 @@ def cancel(job_ids: tuple[int, ...], *, all_jobs: bool, yes: bool) -> None:
             ids = [
                 r["id"]
                 for r in await sky.list_managed()
-                if r["status"] not in ("SUCCEEDED", "CANCELLED", "FAILED", "FAILED_SETUP",
-                                       "FAILED_PRECHECKS", "FAILED_NO_RESOURCE")
-            ]  # fmt: skip
+                if not ManagedJobStatus(r["status"]).terminal
+            ]
         if not ids:
             click.echo("No managed job to cancel.")
             return 0

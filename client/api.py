@@ -169,14 +169,8 @@ class SkyloomClient:
                 id=wid,
                 task_queue=TASK_QUEUE,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                search_attributes=TypedSearchAttributes(
-                    [
-                        SearchAttributePair(search.SA_KIND, "cluster"),
-                        SearchAttributePair(search.SA_NAME, name),
-                        SearchAttributePair(search.SA_STATUS, ClusterStatus.INIT.value),
-                        SearchAttributePair(search.SA_INFRA, infra),
-                        SearchAttributePair(search.SA_USER, user()),
-                    ]
+                search_attributes=_search_attributes(
+                    "cluster", name, ClusterStatus.INIT.value, infra
                 ),
                 memo={"num_nodes": num_nodes, "resources": resources},
             )
@@ -316,14 +310,8 @@ class SkyloomClient:
             ManagedJobInput(job_id=job_id, name=name, tasks=tasks, recovery=recovery, user=user()),
             id=managed_job_workflow_id(job_id),
             task_queue=TASK_QUEUE,
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(search.SA_KIND, "job"),
-                    SearchAttributePair(search.SA_NAME, name),
-                    SearchAttributePair(search.SA_STATUS, ManagedJobStatus.PENDING.value),
-                    SearchAttributePair(search.SA_INFRA, infra),
-                    SearchAttributePair(search.SA_USER, user()),
-                ]
+            search_attributes=_search_attributes(
+                "job", name, ManagedJobStatus.PENDING.value, infra
             ),
             memo={"recovery_count": 0, "cluster": None, "infra": infra, "reason": None},
         )
@@ -368,6 +356,19 @@ class SkyloomClient:
             return False
         await self.client.get_workflow_handle(managed_job_workflow_id(job_id)).signal(CANCEL_SIGNAL)
         return True
+
+
+def _search_attributes(kind: str, name: str, status: str, infra: str) -> TypedSearchAttributes:
+    """What `status` and `jobs queue` list by: set at start, kept current by the workflow."""
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(search.SA_KIND, kind),
+            SearchAttributePair(search.SA_NAME, name),
+            SearchAttributePair(search.SA_STATUS, status),
+            SearchAttributePair(search.SA_INFRA, infra),
+            SearchAttributePair(search.SA_USER, user()),
+        ]
+    )
 
 
 def node_handle(desc: ClusterDescription) -> ClusterHandle:

@@ -97,8 +97,26 @@ def resolve(pool: str, spec: PoolSpec) -> list[SSHHost]:
     return hosts
 
 
+# path → (mtime_ns, size, pools): the worker resolves a node's host on every command and
+# the watcher sweeps every second; the file is parsed again only when it changes.
+_CACHE: dict[Path, tuple[int, int, dict[str, list[SSHHost]]]] = {}
+
+
 def load_pools(path: Path) -> dict[str, list[SSHHost]]:
     """Every pool in the file, hosts resolved. A missing file is no pools."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return {}
+    hit = _CACHE.get(path)
+    if hit is not None and hit[:2] == (st.st_mtime_ns, st.st_size):
+        return hit[2]
+    pools = _parse(path)
+    _CACHE[path] = (st.st_mtime_ns, st.st_size, pools)
+    return pools
+
+
+def _parse(path: Path) -> dict[str, list[SSHHost]]:
     try:
         text = path.read_text()
     except FileNotFoundError:

@@ -15,6 +15,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
+    from skyloom.activities.errors import application_error
     from skyloom.activities.models import (
         ClusterHandle,
         ClusterRef,
@@ -51,10 +52,7 @@ _KEEP_FINISHED_JOBS = 500
 
 
 def _reason(err: BaseException) -> str:
-    cause: BaseException | None = err
-    while cause is not None and not isinstance(cause, ApplicationError):
-        cause = cause.__cause__
-    return str(cause if cause is not None else err)
+    return str(application_error(err) or err)
 
 
 @workflow.defn(name=CLUSTER_WORKFLOW)

@@ -21,10 +21,10 @@ from datetime import timedelta
 from typing import TypeVar
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from skyloom.activities.errors import ErrorKind, kind_of
+    from skyloom.activities.errors import ErrorKind, application_error, kind_of
     from skyloom.activities.models import (
         ClusterHandle,
         ClusterRef,
@@ -46,13 +46,12 @@ with workflow.unsafe.imports_passed_through():
         ManagedJobView,
         ManagedTask,
     )
+    from skyloom.workflows.models import MANAGED_JOB_ON_CLUSTER as JOB_ON_CLUSTER
     from skyloom.workflows.recovery import Action, Ending, decide, launch_order
     from skyloom.workflows.search import SA_STATUS
 
 T = TypeVar("T")
 Status = ManagedJobStatus
-# The job runs as job 1 of its own cluster.
-JOB_ON_CLUSTER = 1
 _MAX_EVENTS = 50
 
 
@@ -389,7 +388,5 @@ class ManagedJobWorkflow:
 
 
 def _message(err: BaseException) -> str:
-    cause: BaseException | None = err
-    while cause is not None and not isinstance(cause, ApplicationError):
-        cause = cause.__cause__
-    return cause.message if isinstance(cause, ApplicationError) else str(err)
+    cause = application_error(err)
+    return cause.message if cause is not None else str(err)

@@ -183,6 +183,8 @@ JOB_IDS_WORKFLOW = "JobIdsWorkflow"
 JOB_IDS_WORKFLOW_ID = "skyloom-job-ids"
 # The watcher's signal to a workflow: list[Observation] of phases ended / nodes preempted.
 OBSERVE_SIGNAL = "observe"
+# A managed job runs as job 1 of each cluster it launches.
+MANAGED_JOB_ON_CLUSTER = 1
 CANCEL_SIGNAL = "cancel"
 
 

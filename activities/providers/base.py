@@ -52,7 +52,7 @@ class Provider(ABC):
     def stop(self, handle: ClusterHandle) -> None:
         """Stop the nodes, keeping their disks (default: stop every job on them)."""
         for node in handle.nodes:
-            self.runner(node).run(_KILL_ALL_JOBS.format(root=node.root), timeout=30)
+            self.runner(node).run(KILL_ALL_JOBS.format(root=node.root), timeout=30)
 
     def start(self, handle: ClusterHandle) -> ClusterHandle:
         """Bring stopped nodes back; returns the handle (addresses may change)."""
@@ -78,7 +78,7 @@ class Provider(ABC):
 
 
 # Kills every job process group recorded under a node's job directories.
-_KILL_ALL_JOBS = (
+KILL_ALL_JOBS = (
     'for p in {root}/jobs/*/*/pid; do [ -f "$p" ] && kill -KILL -- "-$(cat "$p")" 2>/dev/null; '
     "done; true"
 )

@@ -32,7 +32,7 @@ from skyloom.activities.models import (
     ProvisionInput,
     WatchedObservation,
 )
-from skyloom.activities.providers.base import CheckResult, Provider
+from skyloom.activities.providers.base import KILL_ALL_JOBS, CheckResult, Provider
 from skyloom.activities.runners import CommandResult, Runner, rsync_filters
 from skyloom.spec.loader import SpecError
 from skyloom.spec.node_pools import POOLS_FILE, SSHHost, load_pools, pool_hosts
@@ -78,8 +78,7 @@ _CLAIM = (
 )
 # Kill every job, remove job dirs and the workdir, then (last) give the host back.
 _RELEASE = (
-    'for p in {root}/jobs/*/*/pid; do [ -f "$p" ] && kill -KILL -- "-$(cat "$p")" 2>/dev/null; '
-    "done; rm -rf {root}/jobs {root}/sky_workdir; "
+    KILL_ALL_JOBS + "; rm -rf {root}/jobs {root}/sky_workdir; "
     '[ "$(readlink {root}/claim)" = {owner} ] && rm -f {root}/claim && rmdir {root} 2>/dev/null; '
     "true"
 )

@@ -23,7 +23,6 @@ from skyloom.activities.models import (
     SaveLogsInput,
     SyncInput,
 )
-from skyloom.workflows import search
 from skyloom.workflows.job_ids import JobIdsWorkflow
 from skyloom.workflows.managed_job import ManagedJobWorkflow
 from skyloom.workflows.models import (
@@ -38,10 +37,6 @@ from skyloom.workflows.models import (
 )
 from skyloom.workflows.recovery import RecoveryPolicy
 from temporalio import activity
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 QUEUE = "test-managed"
@@ -120,22 +115,6 @@ class FakeCloud:
 
     def started(self, phase: Phase) -> list[PhaseInput]:
         return [p for p in self.phases if p.phase is phase]
-
-
-@pytest.fixture
-async def env(test_server_path: str):
-    async with await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter, test_server_existing_path=test_server_path
-    ) as env:
-        await env.client.operator_service.add_search_attributes(
-            AddSearchAttributesRequest(
-                namespace=env.client.namespace,
-                search_attributes={
-                    k.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for k in search.ALL
-                },
-            )
-        )
-        yield env
 
 
 @pytest.fixture
