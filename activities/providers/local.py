@@ -8,7 +8,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
 
 from skyloom.activities.errors import ErrorKind, provider_error
 from skyloom.activities.models import (
@@ -29,6 +33,7 @@ class LocalProvider(Provider):
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._sweep = _Sweep()
 
     def _cluster_dir(self, cluster: str) -> Path:
         return self.root / cluster
@@ -99,72 +104,185 @@ class LocalProvider(Provider):
 
     def scan(self) -> list[WatchedObservation]:
         """All local nodes live on this one host: one sweep of the directories covers every
-        watched phase (a few stats each) and every preempted node."""
+        watched phase and every preempted node. The sweep remembers what it read (see
+        _Sweep), so a round where nothing changed costs a stat per directory and a
+        kill(pid, 0) per running phase."""
         out: list[WatchedObservation] = []
-        if not self.root.exists():
-            return out
-        for cdir in _dirs(self.root):
-            for ndir in _dirs(cdir):
-                if not ndir.name.startswith("node-"):
+        sweep = self._sweep
+        sweep.begin()
+        root = str(self.root)
+        for cluster in sweep.read(root, _listing).dirs:
+            cdir = f"{root}/{cluster}"
+            for node in sweep.read(cdir, _listing).dirs:
+                if not node.startswith("node-"):
                     continue
-                rank = int(ndir.name.split("-", 1)[1])
-                preempted = _preempted(ndir)
+                ndir = f"{cdir}/{node}"
+                rank = int(node.split("-", 1)[1])
+                preempted = "preempted" in sweep.read(ndir, _listing).files
                 told: set[str] = set()
-                for jdir in _dirs(ndir / "jobs"):
-                    for pdir in _dirs(jdir):
-                        try:
-                            wid = (pdir / "watch").read_text().split("\n", 1)[0].strip()
-                        except (FileNotFoundError, NotADirectoryError):
+                for job in sweep.read(f"{ndir}/jobs", _listing).dirs:
+                    jdir = f"{ndir}/jobs/{job}"
+                    for phase in sweep.read(jdir, _listing).dirs:
+                        pdir = f"{jdir}/{phase}"
+                        seen = sweep.last(pdir)
+                        if seen is None or (seen.ended is None and not _alive(seen.pid)):
+                            # New, changing, or its process is gone: read it (a phase
+                            # that ended or still runs cannot have changed meanwhile).
+                            seen = sweep.read(pdir, partial(_phase, cluster, rank, job))
+                        wid = seen.workflow_id
+                        if wid is None:
                             continue
                         if preempted and wid not in told:
                             told.add(wid)
-                            obs = Observation(cluster=cdir.name, rank=rank, state="preempted")
+                            obs = Observation(cluster=cluster, rank=rank, state="preempted")
                             out.append(WatchedObservation(workflow_id=wid, observation=obs))
-                        ended = _phase_end(pdir)
-                        if ended is not None and pdir.name in (Phase.SETUP, Phase.RUN):
-                            state, code = ended
-                            obs = Observation(
-                                cluster=cdir.name,
-                                rank=rank,
-                                state=state,
-                                job_id=int(jdir.name),
-                                phase=Phase(pdir.name),
-                                exit_code=code,
-                            )
-                            out.append(WatchedObservation(workflow_id=wid, observation=obs))
+                        if seen.ended is not None:
+                            out.append(seen.ended)
+                        elif seen.pid is not None and not _alive(seen.pid):
+                            out.append(_dead_phase(pdir, seen))
+        sweep.end()
         return out
 
 
-def _dirs(path: Path) -> list[Path]:
+# A directory whose mtime is younger than this is read again whatever its mtime says: two
+# changes within the file system's timestamp granularity can leave the same mtime.
+_RACY_NS = 2_000_000_000
+
+V = TypeVar("V")
+
+
+class _Sweep:
+    """What the watcher's sweep read last round, per directory, keyed by the directory's
+    mtime. Every file the nodelet and this provider write (watch, pid, exit_code,
+    preempted, node and phase directories) is created or renamed into place, which moves
+    the mtime of the directory holding it; so an unchanged mtime means unchanged content."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[int, Any]] = {}
+        self._visited: set[str] = set()
+        self._now = 0
+
+    def begin(self) -> None:
+        self._visited = set()
+        self._now = time.time_ns()
+
+    def read(self, path: str, parse: Callable[[str], V]) -> V:
+        self._visited.add(path)
+        try:
+            mtime = os.stat(path).st_mtime_ns
+        except (FileNotFoundError, NotADirectoryError):
+            mtime = -1
+        hit = self._seen.get(path)
+        if hit is not None and hit[0] == mtime:
+            return hit[1]
+        value = parse(path)
+        if self._now - mtime > _RACY_NS:
+            self._seen[path] = (mtime, value)
+        else:
+            self._seen.pop(path, None)
+        return value
+
+    def last(self, path: str) -> Any:
+        """What `read` returned for path last time it could be trusted, without a look."""
+        self._visited.add(path)
+        hit = self._seen.get(path)
+        return hit[1] if hit is not None else None
+
+    def end(self) -> None:
+        """Forget directories that are gone (their parent no longer lists them)."""
+        for path in [p for p in self._seen if p not in self._visited]:
+            del self._seen[path]
+
+
+class _Listing(NamedTuple):
+    dirs: list[str]
+    files: frozenset[str]
+
+
+class _PhaseSeen(NamedTuple):
+    """A phase directory's files: whom to tell, how it ended if it did, its pid."""
+
+    workflow_id: str | None
+    ended: WatchedObservation | None
+    pid: int | None
+    cluster: str
+    rank: int
+    job: str
+
+
+def _listing(path: str) -> _Listing:
+    dirs: list[str] = []
+    files: list[str] = []
     try:
-        return [Path(e.path) for e in os.scandir(path) if e.is_dir()]
+        for e in os.scandir(path):
+            (dirs if e.is_dir() else files).append(e.name)
     except (FileNotFoundError, NotADirectoryError):
-        return []
+        pass
+    return _Listing(dirs, frozenset(files))
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _phase(cluster: str, rank: int, job: str, pdir: str) -> _PhaseSeen:
+    watch = _read(f"{pdir}/watch")
+    wid = watch.split("\n", 1)[0].strip() if watch else None
+    phase = pdir.rsplit("/", 1)[1]
+    code = _int(_read(f"{pdir}/exit_code"))
+    ended = None
+    if wid and code is not None and phase in (Phase.SETUP, Phase.RUN):
+        ended = _report(wid, cluster, rank, job, phase, "exited", code)
+    pid = _int(_read(f"{pdir}/pid")) if phase in (Phase.SETUP, Phase.RUN) else None
+    return _PhaseSeen(wid, ended, pid, cluster, rank, job)
+
+
+def _report(
+    wid: str, cluster: str, rank: int, job: str, phase: str, state: str, code: int | None
+) -> WatchedObservation:
+    obs = Observation(
+        cluster=cluster,
+        rank=rank,
+        state=state,
+        job_id=int(job),
+        phase=Phase(phase),
+        exit_code=code,
+    )
+    return WatchedObservation(workflow_id=wid, observation=obs)
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _dead_phase(pdir: str, seen: _PhaseSeen) -> WatchedObservation:
+    """A phase whose process is gone: exited, if it wrote its code between our two looks,
+    else killed."""
+    assert seen.workflow_id is not None
+    code = _int(_read(f"{pdir}/exit_code"))
+    state = "exited" if code is not None else "killed"
+    phase = pdir.rsplit("/", 1)[1]
+    return _report(seen.workflow_id, seen.cluster, seen.rank, seen.job, phase, state, code)
 
 
 def _preempted(node: Path) -> bool:
     return (node / "preempted").exists()
-
-
-def _phase_end(pdir: Path) -> tuple[str, int | None] | None:
-    """('exited', code) or ('killed', None) for a phase that ended; None while it runs."""
-    try:
-        return "exited", int((pdir / "exit_code").read_text())
-    except (FileNotFoundError, ValueError):
-        pass
-    try:
-        pid = int((pdir / "pid").read_text())
-    except (FileNotFoundError, ValueError):
-        return None  # not started yet
-    try:
-        os.kill(pid, 0)
-        return None
-    except ProcessLookupError:
-        pass
-    except PermissionError:
-        return None
-    # Dead without an exit code, unless it wrote one between our two looks.
-    try:
-        return "exited", int((pdir / "exit_code").read_text())
-    except (FileNotFoundError, ValueError):
-        return "killed", None

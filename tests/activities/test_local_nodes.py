@@ -211,3 +211,66 @@ def test_runner_files_are_written_atomically_and_read_from_offsets(tmp_path):
     assert r.read_file(str(tmp_path / "a" / "f"), 6) == b"world"
     assert oct((tmp_path / "a" / "f").stat().st_mode & 0o777) == "0o600"
     assert r.read_file(str(tmp_path / "missing")) == b""
+
+
+def _age(root: Path) -> None:
+    """Make every directory look untouched for a while, so the sweep trusts its memory."""
+    past = time.time() - 30
+    for d, _, _ in os.walk(root):
+        os.utime(d, (past, past))
+
+
+def _wait_for_pids(handle, p: Phase) -> None:
+    for node in handle.nodes:
+        pid_file = Path(job_dir(node, 1)) / p.value / "pid"
+        for _ in range(200):
+            if pid_file.exists():
+                break
+            time.sleep(0.05)
+
+
+def _sweep_until(provider, want, tries: int = 100) -> set:
+    for _ in range(tries):
+        got = {
+            (w.workflow_id, w.observation.rank, w.observation.phase, w.observation.state,
+             w.observation.exit_code)
+            for w in provider.scan()
+        }  # fmt: skip
+        if want <= got:
+            return got
+        time.sleep(0.05)
+    pytest.fail(f"the sweep never reported {want - got}; last: {got}")
+
+
+def test_sweep_remembers_what_it_read_yet_sees_every_change(aenv, acts, tmp_path):
+    """The watcher's sweep re-reads only directories whose mtime moved. Each way a watched
+    phase changes after the sweep has cached it must still show: a new phase in a known
+    job, a rank that exits, a rank killed without an exit code, a preempted node, and a
+    cluster that is gone."""
+    provider = acts.providers.get("local")
+    handle = launch(aenv, acts, n=2, name="job-7-1")
+    run_phase(aenv, acts, phase(handle, "true", p=Phase.SETUP, notify="job-7"))
+    _age(tmp_path / "nodes")
+    setup_done = {("job-7", r, Phase.SETUP, "exited", 0) for r in (0, 1)}
+    assert _sweep_until(provider, setup_done) == setup_done
+
+    go = tmp_path / "go"
+    command = f'if [ "$SKYPILOT_NODE_RANK" = 0 ]; then while [ ! -f {go} ]; do sleep 0.05; done; exit 5; fi; sleep 60'  # noqa: E501
+    aenv.run(acts.start_phase, phase(handle, command, notify="job-7"))
+    _wait_for_pids(handle, Phase.RUN)
+    _age(tmp_path / "nodes")
+    assert _sweep_until(provider, setup_done) == setup_done  # both ranks still running
+
+    go.touch()
+    _sweep_until(provider, {("job-7", 0, Phase.RUN, "exited", 5)})
+    pid = int((Path(job_dir(handle.nodes[1], 1)) / "run" / "pid").read_text())
+    os.killpg(pid, 9)
+    got = _sweep_until(provider, {("job-7", 1, Phase.RUN, "killed", None)})
+    assert not any(state == "preempted" for *_, state, _ in got)
+
+    _age(tmp_path / "nodes")
+    provider.preempt("job-7-1")
+    _sweep_until(provider, {("job-7", r, None, "preempted", None) for r in (0, 1)})
+
+    aenv.run(acts.terminate_nodes, ClusterRef(cluster="job-7-1", infra="local", handle=handle))
+    assert provider.scan() == []
