@@ -160,10 +160,9 @@ class ClusterActivities:
     def sync_files(self, inp: SyncInput) -> None:
         def sync(node: NodeInfo) -> None:
             runner = self._runner(inp.handle, node)
+            # Without a workdir the job still runs in an (empty) one: the nodelet makes it.
             if inp.workdir:
                 runner.sync_dir(inp.workdir, workdir_path(node))
-            else:
-                runner.run(f"mkdir -p {workdir_path(node)}").check("mkdir workdir")
             for target, source in inp.file_mounts.items():
                 runner.sync_dir(source, target)
 

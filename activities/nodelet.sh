@@ -22,7 +22,7 @@ echo $$ >pid.tmp && mv pid.tmp pid
   set -a
   . ./env
   set +a
-  cd "$SKYLOOM_CWD" 2>/dev/null || cd ~
+  mkdir -p "$SKYLOOM_CWD" 2>/dev/null; cd "$SKYLOOM_CWD" 2>/dev/null || cd ~
   exec bash "$here/cmd.sh"
 ) >>log 2>&1 </dev/null
 code=$?

@@ -11,6 +11,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -120,11 +121,19 @@ class LocalRunner(Runner):
     def put_file(self, path: str, content: str, mode: int = 0o644) -> None:
         target = Path(path).expanduser()
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         with os.fdopen(fd, "w") as f:
             f.write(content)
         os.replace(tmp, target)
+
+    def nodelet(
+        self, verb: str, directory: str, files: Mapping[str, tuple[str, int]] | None = None
+    ) -> str:
+        # Files are written from here: no shell, base64 and mv per file on this machine.
+        for path, (content, mode) in (files or {}).items():
+            self.put_file(path, content, mode)
+        return super().nodelet(verb, directory)
 
     def read_file(self, path: str, offset: int = 0) -> bytes:
         try:

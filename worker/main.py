@@ -30,6 +30,10 @@ log = logging.getLogger("skyloom.worker")
 # Activities are blocking (subprocess, SSH): they run in threads. Watchers hold one each
 # for the life of a job phase.
 MAX_ACTIVITIES = 200
+# Workflows kept in memory between their tasks. One evicted is rebuilt from its history
+# (a sandbox plus a replay) the next time it is woken; a waiting managed job should not
+# be, so the default covers 10,000 concurrent jobs. Lower it on a small worker.
+MAX_CACHED_WORKFLOWS = int(os.environ.get("SKYLOOM_MAX_CACHED_WORKFLOWS", "12000"))
 
 
 async def run_worker(target: EngineTarget, state: Path, ready_file: Path | None = None) -> None:
@@ -52,6 +56,7 @@ async def run_worker(target: EngineTarget, state: Path, ready_file: Path | None 
             activities=activities.all(),
             activity_executor=pool,
             max_concurrent_activities=MAX_ACTIVITIES,
+            max_cached_workflows=MAX_CACHED_WORKFLOWS,
         )
         async with worker:
             log.info("worker polling %s on %s (pid %d)", TASK_QUEUE, target.address, os.getpid())

@@ -171,17 +171,18 @@ class ManagedJobWorkflow:
         handle, where = await self._launch(name, task, last, move_on, recovering)
         try:
             spec = task.spec
-            await self._step(
-                calls.SYNC.run(
-                    "sync_files",
-                    SyncInput(
-                        handle=handle,
-                        job_id=JOB_ON_CLUSTER,
-                        workdir=spec.workdir,
-                        file_mounts=spec.file_mounts,
-                    ),
+            if spec.workdir or spec.file_mounts:
+                await self._step(
+                    calls.SYNC.run(
+                        "sync_files",
+                        SyncInput(
+                            handle=handle,
+                            job_id=JOB_ON_CLUSTER,
+                            workdir=spec.workdir,
+                            file_mounts=spec.file_mounts,
+                        ),
+                    )
                 )
-            )
             if spec.setup:
                 ending, codes = await self._phase(handle, task, Phase.SETUP, spec.setup)
                 if ending is Ending.FAILED:
