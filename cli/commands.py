@@ -216,7 +216,7 @@ def exec_job(
 
 
 def status(names: tuple[str, ...], *, refresh: bool, as_json: bool) -> None:
-    async def go(sky: SkyloomClient) -> list[dict]:
+    async def go(sky: SkyloomClient) -> tuple[list[dict], dict[str, int]]:
         rows = [c.to_dict() for c in await sky.list_clusters() if not names or c.name in names]
         if refresh:
             for row in rows:
@@ -224,13 +224,16 @@ def status(names: tuple[str, ...], *, refresh: bool, as_json: bool) -> None:
                 row["status"] = d.status.value
         for row in rows:
             row["ui_url"] = sky.ui_link(row["workflow_id"])
-        return rows
+        # As SkyPilot: managed jobs' clusters belong to their jobs; status counts the jobs.
+        jobs = {} if as_json or names else await sky.count_managed_in_progress()
+        return rows, jobs
 
-    rows = run_with_client(go)
+    rows, jobs = run_with_client(go)
     if as_json:
         _echo_json(rows)
     else:
         render.clusters(rows)
+        render.managed_jobs_summary(jobs)
 
 
 def queue(cluster: str, *, skip_finished: bool, as_json: bool) -> None:

@@ -126,8 +126,10 @@ def launch(
     sys.exit(run_with_client(go))
 
 
-async def follow(sky: SkyloomClient, job_id: int, *, follow_logs: bool) -> ManagedJobView:
-    """Print the job's run output (rank 0) as it comes, attempt after attempt, and its
+async def follow(
+    sky: SkyloomClient, job_id: int, *, follow_logs: bool, rank: int = 0
+) -> ManagedJobView:
+    """Print the job's output on node `rank` as it comes, attempt after attempt, and its
     state changes, until it ends; then return its last view."""
     from skyloom.client.config import home
     from skyloom.worker.providers import build_providers
@@ -147,7 +149,10 @@ async def follow(sky: SkyloomClient, job_id: int, *, follow_logs: bool) -> Manag
             last_status = view.status
         handle = view.handle
         if follow_logs and handle is not None and not view.status.terminal:
-            node = handle.nodes[0]
+            if rank >= len(handle.nodes):
+                raise BadInput(f"--node-rank {rank}: job {job_id} runs on "
+                               f"{len(handle.nodes)} node(s)")  # fmt: skip
+            node = handle.nodes[rank]
             runner = providers.get(handle.infra).runner(node)
             for phase in (Phase.SETUP, Phase.RUN):
                 key = (handle.cluster, phase.value)
@@ -164,7 +169,7 @@ async def follow(sky: SkyloomClient, job_id: int, *, follow_logs: bool) -> Manag
             # The last attempt's tail, from the copy kept when its cluster went away.
             if follow_logs and view.cluster:
                 attempt = view.cluster.rsplit("-", 1)[-1]
-                log = saved / attempt / "run-rank0.log"
+                log = saved / attempt / f"run-rank{rank}.log"
                 key = (view.cluster, "run")
                 if log.exists():
                     data = log.read_bytes()[offsets.get(key, 0) :]
@@ -187,18 +192,21 @@ def queue(*, as_json: bool, skip_finished: bool) -> None:
         render.managed_jobs(rows)
 
 
-def logs(job_id: int, *, follow_: bool) -> None:
+def logs(job_id: int, *, follow_: bool, rank: int = 0) -> None:
     from skyloom.client.config import home
 
     async def go(sky: SkyloomClient) -> int:
         view = await sky.describe_managed(job_id)
+        if view.handle is not None and rank >= len(view.handle.nodes):
+            raise BadInput(f"--node-rank {rank}: job {job_id} runs on "
+                           f"{len(view.handle.nodes)} node(s)")  # fmt: skip
         if follow_ and not view.status.terminal:
-            view = await follow(sky, job_id, follow_logs=True)
+            view = await follow(sky, job_id, follow_logs=True, rank=rank)
         else:
             # Saved logs of every attempt, then the live one if the job still runs.
             root = home() / "job_logs" / str(job_id)
             for attempt in sorted(root.glob("*"), key=lambda p: int(p.name)):
-                for log in sorted(attempt.glob("*-rank0.log")):
+                for log in sorted(attempt.glob(f"*-rank{rank}.log")):
                     sys.stdout.buffer.write(log.read_bytes())
             sys.stdout.flush()
             if not view.status.terminal:

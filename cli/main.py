@@ -424,11 +424,13 @@ def jobs_queue(output: str, skip_finished: bool) -> None:
 @jobs.command("logs")
 @click.argument("job_id", type=int)
 @click.option("--follow/--no-follow", default=True, help="Stream until the job ends.")
-def jobs_logs(job_id: int, follow: bool) -> None:
-    """A managed job's output (rank 0), across its recoveries."""
+@click.option("--node-rank", type=click.IntRange(min=0), default=0,
+              help="Which node's output (default 0).")  # fmt: skip
+def jobs_logs(job_id: int, follow: bool, node_rank: int) -> None:
+    """A managed job's output, across its recoveries."""
     from skyloom.cli import jobs as body
 
-    body.logs(job_id, follow_=follow)
+    body.logs(job_id, follow_=follow, rank=node_rank)
 
 
 @jobs.command("cancel")

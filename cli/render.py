@@ -48,6 +48,12 @@ def plan(name: str, infra: str, task: Task, autostop: AutostopConfig | None) -> 
     return f"Cluster {name} on {infra}: {', '.join(parts)}{stop}"
 
 
+def managed_jobs_summary(counts: dict[str, int]) -> None:
+    if counts:
+        states = ", ".join(f"{n} {state}" for state, n in counts.items())
+        print(f"\nManaged jobs in progress: {states} (details: skyloom jobs queue)")
+
+
 def clusters(rows: list[dict]) -> None:
     if not rows:
         print("No existing clusters.")

@@ -340,6 +340,20 @@ class SkyloomClient:
             )
         return sorted(out, key=lambda j: -j["id"])
 
+    async def count_managed_in_progress(self) -> dict[str, int]:
+        """How many managed jobs are in each unfinished state (count queries, no listing:
+        cheap with 10,000 jobs)."""
+        states = [s for s in ManagedJobStatus if not s.terminal]
+        counts = await asyncio.gather(
+            *(
+                self.client.count_workflows(
+                    f'SkyloomKind="job" AND ExecutionStatus="Running" AND SkyloomStatus="{s.value}"'
+                )
+                for s in states
+            )
+        )
+        return {s.value: c.count for s, c in zip(states, counts, strict=True) if c.count}
+
     async def describe_managed(self, job_id: int) -> ManagedJobView:
         try:
             handle = self.client.get_workflow_handle(managed_job_workflow_id(job_id))

@@ -81,6 +81,9 @@ def test_cancel_mid_run_terminates_the_cluster(sky: Sky, tmp_path: Path, nodes_r
     wait_until(starts.exists, 60, "running")
     pid_file = next(nodes_root.glob(f"job-{job}-*/node-0/jobs/1/run/pid"))
     pid = int(pid_file.read_text())
+    # `status` counts managed jobs in progress, as SkyPilot does (their clusters are theirs).
+    wait_until(lambda: "Managed jobs in progress: 1 RUNNING" in sky.ok("status"), 30,
+               "status to count the job")  # fmt: skip
     sky.ok("jobs", "cancel", "-y", str(job))
     wait_until(lambda: jobs(sky)[job]["status"] == "CANCELLED", 60, "cancelled")
     wait_until(lambda: not _alive(pid), 20, "the job's process to die")
