@@ -34,6 +34,10 @@ MAX_ACTIVITIES = 200
 # (a sandbox plus a replay) the next time it is woken; a waiting managed job should not
 # be, so the default covers 10,000 concurrent jobs. Lower it on a small worker.
 MAX_CACHED_WORKFLOWS = int(os.environ.get("SKYLOOM_MAX_CACHED_WORKFLOWS", "12000"))
+# Workflow tasks held at once. Workflow code runs under one GIL: holding more only makes
+# each wait longer, and one held past its 10 s timeout is retried from the back of the
+# queue (10,000 jobs launched at once with the SDK's 100 had jobs stall for minutes).
+MAX_WORKFLOW_TASKS = int(os.environ.get("SKYLOOM_MAX_WORKFLOW_TASKS", "20"))
 
 
 async def run_worker(target: EngineTarget, state: Path, ready_file: Path | None = None) -> None:
@@ -57,20 +61,20 @@ async def run_worker(target: EngineTarget, state: Path, ready_file: Path | None 
             activity_executor=pool,
             max_concurrent_activities=MAX_ACTIVITIES,
             max_cached_workflows=MAX_CACHED_WORKFLOWS,
+            max_concurrent_workflow_tasks=MAX_WORKFLOW_TASKS,
         )
         async with worker:
             log.info("worker polling %s on %s (pid %d)", TASK_QUEUE, target.address, os.getpid())
             if ready_file is not None:
                 ready_file.write_text(str(os.getpid()))
             # Every waiting managed job is woken by this one loop, not by its own poller.
-            watcher = Watcher(
-                client,
-                providers,
-                interval=float(os.environ.get("SKYLOOM_WATCH_SECONDS", "1")),
-            )
-            watching = asyncio.create_task(watcher.run(stop))
+            # 0 turns it off on this worker (jobs then rely on their own rare look).
+            interval = float(os.environ.get("SKYLOOM_WATCH_SECONDS", "1"))
+            watcher = Watcher(client, providers, interval=interval)
+            watching = asyncio.create_task(watcher.run(stop)) if interval > 0 else None
             await stop.wait()
-            await watching
+            if watching is not None:
+                await watching
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -110,6 +110,23 @@ def test_pipeline_runs_its_tasks_in_order(sky: Sky, tmp_path: Path):
     assert jobs(sky)[job]["name"] == "pipe"
 
 
+def test_two_node_job_keeps_each_ranks_output(sky: Sky, tmp_path: Path):
+    p = write(
+        tmp_path / "two.yaml",
+        """\
+        num_nodes: 2
+        run: echo "hello from rank $SKYPILOT_NODE_RANK of $SKYPILOT_NUM_NODES"
+        """,
+    )
+    job = launch(sky, p)
+    wait_until(lambda: jobs(sky)[job]["status"] == "SUCCEEDED", 90, "done")
+    for rank in (0, 1):
+        out = sky.ok("jobs", "logs", str(job), "--no-follow", "--node-rank", str(rank))
+        assert f"hello from rank {rank} of 2" in out
+    bad = sky.run("jobs", "logs", str(job), "--no-follow", "--node-rank", "2")
+    assert bad.returncode == 2 and "--node-rank 2" in bad.stderr and "2 node(s)" in bad.stderr
+
+
 def test_user_failure_is_retried_only_as_configured(sky: Sky, tmp_path: Path):
     runs = tmp_path / "runs"
     p = write(
