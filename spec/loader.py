@@ -91,8 +91,9 @@ def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
         field = model.model_fields.get(part)
         if field is None:
             return model
-        nxt = None
-        for cand in (Resources, ResourcesBase, *_submodels(field.annotation)):
+        nxt: type[BaseModel] | None = None
+        cands: list[type[BaseModel]] = [Resources, ResourcesBase, *_submodels(field.annotation)]
+        for cand in cands:
             if field.annotation is not None and _mentions(field.annotation, cand):
                 nxt = cand
                 break
