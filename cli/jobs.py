@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from skyloom.activities.models import Phase, log_path
+from skyloom.activities.models import ClusterHandle, NodeInfo, Phase, log_path
 from skyloom.cli import render
 from skyloom.cli.commands import (
     _check_local_paths,
@@ -149,10 +149,7 @@ async def follow(
             last_status = view.status
         handle = view.handle
         if follow_logs and handle is not None and not view.status.terminal:
-            if rank >= len(handle.nodes):
-                raise BadInput(f"--node-rank {rank}: job {job_id} runs on "
-                               f"{len(handle.nodes)} node(s)")  # fmt: skip
-            node = handle.nodes[rank]
+            node = _node(handle, rank, job_id)
             runner = providers.get(handle.infra).runner(node)
             for phase in (Phase.SETUP, Phase.RUN):
                 key = (handle.cluster, phase.value)
@@ -179,6 +176,12 @@ async def follow(
         await asyncio.sleep(POLL_SECONDS)
 
 
+def _node(handle: ClusterHandle, rank: int, job_id: int) -> NodeInfo:
+    if rank >= len(handle.nodes):
+        raise BadInput(f"--node-rank {rank}: job {job_id} runs on {len(handle.nodes)} node(s)")
+    return handle.nodes[rank]
+
+
 def queue(*, as_json: bool, skip_finished: bool) -> None:
     async def go(sky: SkyloomClient) -> list[dict]:
         return await sky.list_managed()
@@ -197,9 +200,8 @@ def logs(job_id: int, *, follow_: bool, rank: int = 0) -> None:
 
     async def go(sky: SkyloomClient) -> int:
         view = await sky.describe_managed(job_id)
-        if view.handle is not None and rank >= len(view.handle.nodes):
-            raise BadInput(f"--node-rank {rank}: job {job_id} runs on "
-                           f"{len(view.handle.nodes)} node(s)")  # fmt: skip
+        if view.handle is not None:
+            _node(view.handle, rank, job_id)  # a rank it does not have is bad input
         if follow_ and not view.status.terminal:
             view = await follow(sky, job_id, follow_logs=True, rank=rank)
         else:

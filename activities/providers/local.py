@@ -139,7 +139,10 @@ class LocalProvider(Provider):
                         if seen.ended is not None:
                             out.append(seen.ended)
                         elif seen.pid is not None and not _alive(seen.pid):
-                            out.append(_dead_phase(pdir, seen))
+                            # Exited, if it wrote its code between our two looks; else killed.
+                            code = _int(_read(f"{pdir}/exit_code"))
+                            state = "exited" if code is not None else "killed"
+                            out.append(_report(wid, cluster, rank, job, phase, state, code))
         sweep.end()
         return out
 
@@ -205,9 +208,6 @@ class _PhaseSeen(NamedTuple):
     workflow_id: str | None
     ended: WatchedObservation | None
     pid: int | None
-    cluster: str
-    rank: int
-    job: str
 
 
 def _listing(path: str) -> _Listing:
@@ -240,12 +240,11 @@ def _phase(cluster: str, rank: int, job: str, pdir: str) -> _PhaseSeen:
     watch = _read(f"{pdir}/watch")
     wid = watch.split("\n", 1)[0].strip() if watch else None
     phase = pdir.rsplit("/", 1)[1]
+    if not wid or phase not in (Phase.SETUP, Phase.RUN):
+        return _PhaseSeen(None, None, None)
     code = _int(_read(f"{pdir}/exit_code"))
-    ended = None
-    if wid and code is not None and phase in (Phase.SETUP, Phase.RUN):
-        ended = _report(wid, cluster, rank, job, phase, "exited", code)
-    pid = _int(_read(f"{pdir}/pid")) if phase in (Phase.SETUP, Phase.RUN) else None
-    return _PhaseSeen(wid, ended, pid, cluster, rank, job)
+    ended = _report(wid, cluster, rank, job, phase, "exited", code) if code is not None else None
+    return _PhaseSeen(wid, ended, _int(_read(f"{pdir}/pid")))
 
 
 def _report(
@@ -272,16 +271,6 @@ def _alive(pid: int | None) -> bool:
     except PermissionError:
         pass
     return True
-
-
-def _dead_phase(pdir: str, seen: _PhaseSeen) -> WatchedObservation:
-    """A phase whose process is gone: exited, if it wrote its code between our two looks,
-    else killed."""
-    assert seen.workflow_id is not None
-    code = _int(_read(f"{pdir}/exit_code"))
-    state = "exited" if code is not None else "killed"
-    phase = pdir.rsplit("/", 1)[1]
-    return _report(seen.workflow_id, seen.cluster, seen.rank, seen.job, phase, state, code)
 
 
 def _preempted(node: Path) -> bool:
