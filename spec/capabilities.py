@@ -1,7 +1,8 @@
-"""What skyloom can act on today, per infra: fields that parse but are not supported yet.
+"""What skyloom can act on today: fields that parse but are not supported yet.
 
-`launch` refuses a task whose meaning it cannot honour (asking for GPUs where there are
-none) and warns about fields it can safely ignore (labels on a local node).
+`launch` refuses a task whose meaning it cannot honour (a bucket mount) and warns about
+fields it can safely ignore (labels on a local node). What one infra can or cannot do
+(GPUs, spot, node counts) is its provider's to say, when the workers plan the launch.
 """
 
 from __future__ import annotations
@@ -22,47 +23,22 @@ class Gap:
 
 _IGNORABLE = (
     "disk_size", "disk_tier", "network_tier", "local_disk", "labels", "image_id", "ports",
-    "instance_type", "max_hourly_cost", "priority", "priority_class", "ephemeral_storage",
+    "max_hourly_cost", "priority", "priority_class", "ephemeral_storage",
 )  # fmt: skip
 
 
-def gaps(task: Task, infra: str) -> list[Gap]:
+def gaps(task: Task) -> list[Gap]:
+    """Fields skyloom cannot honour yet, whatever the infra (what each infra can do, the
+    workers' providers say when they plan the launch)."""
     out: list[Gap] = []
-    cloud = infra.split("/", 1)[0].lower()
-    if cloud not in SUPPORTED_INFRA:
-        out.append(
-            Gap(
-                "resources.infra",
-                f"infra {infra!r} is not supported yet (supported: {', '.join(SUPPORTED_INFRA)})",
-                True,
-            )
-        )
-    r = task.resources
-    if r.accelerators and cloud == "local":
-        out.append(Gap("resources.accelerators", "the local infra has no accelerators", True))
-    if r.any_of or r.ordered:
-        out.append(
-            Gap(
-                "resources.any_of/ordered",
-                "failover over candidates is not supported yet; the first candidate is used",
-                False,
-            )
-        )
-    if r.volumes:
-        out.append(Gap("resources.volumes", "extra disks are not supported yet", True))
-    if r.use_spot and cloud == "local":
-        out.append(
-            Gap(
-                "resources.use_spot",
-                "spot on the local infra only matters for managed jobs (`skyloom jobs launch`)",
-                False,
-            )
-        )
-    if r.job_recovery:
-        out.append(Gap("resources.job_recovery", "applies to managed jobs only", False))
-    for name in _IGNORABLE:
-        if getattr(r, name) is not None:
-            out.append(Gap(f"resources.{name}", f"ignored on the {cloud} infra", False))
+    for r in task.resources.candidates():
+        if r.volumes:
+            out.append(Gap("resources.volumes", "extra disks are not supported yet", True))
+        for name in _IGNORABLE:
+            if getattr(r, name) is not None:
+                gap = Gap(f"resources.{name}", "not used by the local and ssh infras yet", False)
+                if gap not in out:
+                    out.append(gap)
     if task.workdir is not None and not isinstance(task.workdir, str):
         out.append(Gap("workdir", "a git workdir is not supported yet", True))
     for target, src in task.file_mounts.items():
@@ -79,6 +55,4 @@ def gaps(task: Task, infra: str) -> list[Gap]:
     ):
         if getattr(task, name) is not None:
             out.append(Gap(name, why, name not in ("service", "config", "event_callback")))
-    if isinstance(task.secrets, list):
-        out.append(Gap("secrets", "references to managed secrets are not supported yet", True))
     return out

@@ -67,6 +67,7 @@ def test_a_full_skypilot_task_parses():
     assert r.autostop is not None and r.autostop.idle_minutes == 10
     # envs are strings, as SkyPilot exports them.
     assert task.envs == {"LR": "0.001", "EPOCHS": "3"}
+    assert task.secret_refs() == ["HF_TOKEN"]
 
 
 @pytest.mark.parametrize(
@@ -74,7 +75,8 @@ def test_a_full_skypilot_task_parses():
     [
         ("A100", {"A100": 1}),
         ("A100:8", {"A100": 8}),
-        ("{A100:1, V100:2}", {"A100": 1, "V100": 2}),
+        ("T4:0.5", {"T4": 0.5}),
+        ({"A100": 1, "V100": 2}, {"A100": 1, "V100": 2}),
         ({"H100": 4}, {"H100": 4}),
         (["A100:8", "H100"], {"A100": 8, "H100": 1}),
     ],
@@ -83,7 +85,8 @@ def test_accelerators_in_every_form(value, expected):
     assert parse_accelerators(value) == expected
 
 
-@pytest.mark.parametrize("bad", ["A100:x", ":4", "A100:0", 7, [{"A100": 1}]])
+# SkyPilot reads '{A100:1, V100:1}' as one name with a bad count, so it is refused too.
+@pytest.mark.parametrize("bad", ["A100:x", "{A100:1, V100:2}", "A100:0", 7, [{"A100": 1}], []])
 def test_bad_accelerators_are_rejected(bad):
     with pytest.raises(ValueError):
         parse_accelerators(bad)
@@ -122,14 +125,20 @@ def test_any_of_and_ordered_together_are_rejected():
     assert "either" in e.message
 
 
-def test_candidates_inherit_shared_fields_and_infra_overrides_cloud():
+def test_candidates_inherit_shared_fields():
     task = parse(
         "resources:\n  cloud: aws\n  cpus: 4\n  ordered:\n    - {region: us-east-1}\n"
-        "    - {infra: gcp, cpus: 8}\n"
+        "    - {cloud: gcp, cpus: 8}\n"
     ).tasks[0]
     first, second = task.resources.candidates()
     assert first.cloud == "aws" and first.region == "us-east-1" and first.cpus == 4
-    assert second.infra == "gcp" and second.cloud is None and second.cpus == 8
+    assert second.cloud == "gcp" and second.region is None and second.cpus == 8
+
+
+def test_a_candidate_infra_conflicts_with_a_shared_cloud():
+    # SkyPilot merges the entry into the shared fields, then refuses infra + cloud.
+    e = error("resources:\n  cloud: aws\n  ordered:\n    - {infra: gcp}\n")
+    assert e.field == "resources.ordered[0].infra"
 
 
 def test_pipeline_documents_are_tasks_in_order_with_errors_located():
@@ -139,8 +148,9 @@ def test_pipeline_documents_are_tasks_in_order_with_errors_located():
     assert e.field.startswith("document 2") and "setup" in e.message
 
 
-def test_empty_file_is_an_empty_task():
-    assert parse("").tasks[0].run is None
+def test_empty_file_is_refused():
+    e = error("")
+    assert "empty" in e.message
 
 
 def test_missing_file_is_a_spec_error(tmp_path):
@@ -159,14 +169,13 @@ def test_features_not_acted_on_yet_are_parsed_but_reported():
     task = parse("resources:\n  infra: gcp\n  accelerators: A100\nservice:\n  replicas: 2\n").tasks[
         0
     ]
-    found = {g.field: g for g in gaps(task, "gcp")}
-    assert found["resources.infra"].blocking
+    found = {g.field: g for g in gaps(task)}
     assert "service" in found
 
 
 def test_local_infra_plain_task_has_no_blocking_gaps():
     task = parse("run: echo hi\nresources:\n  cpus: 1\n").tasks[0]
-    assert not [g for g in gaps(task, "local") if g.blocking]
+    assert not [g for g in gaps(task) if g.blocking]
 
 
 names = st.from_regex(r"[A-Z][A-Z0-9]{0,7}", fullmatch=True)
