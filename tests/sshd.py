@@ -6,6 +6,10 @@ Two ways to make a pool of hosts:
   host has an address of its own, as real machines do.
 
 Every host accepts one generated user key (authorized_keys); host keys are generated too.
+As root (as in CI), hosts are logged into as a dedicated test user with a clean home
+(`login_user`), never as root: root's dotfiles (pyenv, cargo, ...) would run on every SSH
+command and could be left locked by a session cut off mid-start-up. Files a job must read
+or write belong in a `user_dir`, which that user can reach (pytest's tmp_path cannot).
 """
 
 from __future__ import annotations
@@ -13,16 +17,86 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
+import pwd
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 SSHD = "/usr/sbin/sshd"
+# The user SSH test hosts log in as when the tests run as root; its home stays empty.
+TEST_USER = "skyloom-test"
+# Where per-test directories reachable by that user are made (root's tmp_path is 0700).
+SHARED_BASE = Path(tempfile.gettempdir()) / f"skyloom-tests-{os.geteuid()}"
+
+
+def login_user() -> str:
+    """Who SSH test hosts log in as: as root, the dedicated TEST_USER (created on first
+    use, with an empty home: no rc files, so a login runs no pyenv/conda/modules init);
+    otherwise the current user, who cannot create users."""
+    if os.geteuid() != 0:
+        return getpass.getuser()
+    with contextlib.suppress(KeyError):
+        pwd.getpwnam(TEST_USER)
+        # Made locked ("!", useradd's default) by someone else: sshd would refuse it.
+        shadow = Path("/etc/shadow").read_text().splitlines()
+        if any(line.startswith(f"{TEST_USER}:!") for line in shadow):
+            subprocess.run(["usermod", "--password", "*", TEST_USER], check=True)
+        return TEST_USER
+    empty = tempfile.mkdtemp(prefix="skyloom-skel-")
+    try:
+        # --password '*': no password can log in, yet the account is not locked (sshd
+        # without PAM refuses locked accounts, keys included).
+        add = ["useradd", "--create-home", "--skel", empty, "--shell", "/bin/bash"]
+        p = subprocess.run([*add, "--password", "*", TEST_USER], capture_output=True, text=True)
+    finally:
+        os.rmdir(empty)
+    if p.returncode != 0:
+        # Another test run may have created it at the same time.
+        try:
+            pwd.getpwnam(TEST_USER)
+        except KeyError:
+            raise RuntimeError(f"cannot create the SSH test user {TEST_USER}: {p.stderr}") from None
+    return TEST_USER
+
+
+def user_home(user: str) -> Path:
+    return Path(pwd.getpwnam(user).pw_dir)
+
+
+def _shared_base() -> Path:
+    """A directory every user can traverse (not list), made by us: per-use dirs go under it."""
+    SHARED_BASE.mkdir(mode=0o711, exist_ok=True)
+    st = SHARED_BASE.lstat()
+    if st.st_uid != os.geteuid() or not SHARED_BASE.is_dir() or SHARED_BASE.is_symlink():
+        raise RuntimeError(f"{SHARED_BASE} exists and is not ours; remove it")
+    SHARED_BASE.chmod(0o711)
+    return SHARED_BASE
+
+
+def user_dir(user: str, prefix: str = "t-") -> Path:
+    """A fresh directory `user` owns and can write, readable by everyone (root asserts on
+    its contents; the tests' own tmp_path is out of the SSH test user's reach)."""
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir=_shared_base()))
+    pw = pwd.getpwnam(user)
+    os.chown(d, pw.pw_uid, pw.pw_gid)
+    d.chmod(0o755)
+    return d
+
+
+def give_to(user: str, *paths: Path) -> None:
+    """Hand files root made for a host (node dirs, markers) to the SSH user, recursively."""
+    pw = pwd.getpwnam(user)
+    for top in paths:
+        os.lchown(top, pw.pw_uid, pw.pw_gid)
+        for parent, dirs, files in os.walk(top):  # symlinks are not followed
+            for name in dirs + files:
+                os.lchown(os.path.join(parent, name), pw.pw_uid, pw.pw_gid)
 
 
 def sshd_missing_reason() -> str | None:
@@ -112,10 +186,16 @@ class Host:
 
     def stop(self) -> None:
         """Stop this host's sshd and every open session (the host becomes unreachable).
-        Jobs that detached from their session live on, as on a machine cut off."""
+        Jobs that detached from their session live on, as on a machine cut off.
+
+        Only sshd processes are killed: a session's shell, cut off, ends by itself. Killing
+        it mid-start-up can leave its rc files' locks behind (a login shell that runs
+        `pyenv init` leaves ~/.pyenv/shims/.pyenv-shim, and every later SSH command of
+        the user then hangs 60 s on it)."""
         for pid in [*_descendants(self.process.pid), self.process.pid]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "sshd":
+                    os.kill(pid, signal.SIGKILL)
         self.process.wait()
 
     def entry(self) -> dict[str, object]:
@@ -127,9 +207,10 @@ class SSHHosts:
     """A set of sshd hosts sharing one user key; `pool_yaml` describes them as a pool."""
 
     root: Path
-    user: str = field(default_factory=getpass.getuser)
+    user: str = field(default_factory=login_user)
     hosts: list[Host] = field(default_factory=list)
     _n: int = 0
+    _dirs: list[Path] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -140,9 +221,11 @@ class SSHHosts:
                 subprocess.run(
                     ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True
                 )
-        self.authorized = self.root / "authorized_keys"
+        # sshd reads authorized keys as the user logging in: the file lives where that
+        # user can read it (a public key is no secret).
+        self.authorized = self.user_dir("sshd-") / "authorized_keys"
         self.authorized.write_text(Path(f"{self.user_key}.pub").read_text())
-        self.authorized.chmod(0o600)
+        self.authorized.chmod(0o644)
         if os.geteuid() == 0:
             # sshd refuses to start without its privilege separation directory.
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
@@ -157,7 +240,7 @@ class SSHHosts:
             "PasswordAuthentication no",
             "KbdInteractiveAuthentication no",
             "PubkeyAuthentication yes",
-            "PermitRootLogin prohibit-password",
+            "PermitRootLogin no",  # test logins never run root's dotfiles
             "StrictModes no",
             "UsePAM no",
             f"PidFile {self.root}/sshd_{name}.pid",
@@ -218,11 +301,45 @@ class SSHHosts:
             "hosts": [h.entry() for h in (hosts if hosts is not None else self.hosts)],
         }
 
+    @property
+    def home(self) -> Path:
+        """The SSH user's home: where hosts keep their node directories."""
+        return user_home(self.user)
+
+    def user_dir(self, prefix: str = "t-") -> Path:
+        """A directory the SSH user can write (removed by close)."""
+        d = user_dir(self.user, prefix)
+        self._dirs.append(d)
+        return d
+
+    def give(self, *paths: Path) -> None:
+        give_to(self.user, *paths)
+
+    def node_root(self, ip: str, port: int) -> Path:
+        """Where the host at ip:port keeps its node directory (`~/.skyloom_node/<ip>_<port>`
+        of the SSH user). Its parent is made here, as the SSH user's, so that files a test
+        puts there as root never leave the user unable to make node directories."""
+        parent = self.home / ".skyloom_node"
+        if not parent.exists():
+            parent.mkdir(mode=0o755, exist_ok=True)
+            give_to(self.user, parent)
+        return parent / f"{ip}_{port}"
+
+    def logins(self, host: Host) -> int:
+        """Logins this host's sshd has accepted so far (its -E log)."""
+        log = host.config.with_suffix(".log")
+        return log.read_text().count("Accepted publickey") if log.exists() else 0
+
     def close(self) -> None:
+        """Stop every host and remove what they leave: node directories, shared dirs."""
         for h in self.hosts:
             h.stop()
+            shutil.rmtree(self.node_root(h.ip, h.port), ignore_errors=True)
             if h.netns:
                 subprocess.run(["ip", "netns", "del", h.netns], capture_output=True)
                 if h.veth:
                     subprocess.run(["ip", "link", "del", h.veth], capture_output=True)
         self.hosts.clear()
+        for d in self._dirs:
+            shutil.rmtree(d, ignore_errors=True)
+        self._dirs.clear()

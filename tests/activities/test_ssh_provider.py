@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,15 +74,15 @@ def test_claims_are_idempotent_exclusive_and_released(tmp_path: Path, hosts: SSH
     hosts.add_loopback()
     hosts.add_loopback()
     prov = provider(tmp_path, hosts.pool())
-    h = prov.launch(req("a", 2))
-    assert prov.launch(req("a", 2)) == h  # a retried launch finds its own hosts
+    h = prov.create(req("a", 2))
+    assert prov.create(req("a", 2)) == h  # a retried launch finds its own hosts
     with pytest.raises(ApplicationError) as e:
-        prov.launch(req("b", 1))
+        prov.create(req("b", 1))
     assert e.value.type == ErrorKind.NO_CAPACITY.value and e.value.non_retryable
     assert "held by 'a.u1'" in e.value.message
     # A launch that crashed before returning a handle is cleaned up by name and owner.
     prov.terminate(ClusterRef(cluster="a", infra="ssh/p", owner="a.u1"))
-    assert prov.launch(req("b", 2)).nodes[0].node_id == h.nodes[0].node_id
+    assert prov.create(req("b", 2)).nodes[0].node_id == h.nodes[0].node_id
     prov.terminate(ClusterRef(cluster="b", infra="ssh/p", owner="b.u1"))
     for node in h.nodes:
         assert not Path(node.root).exists()
@@ -99,7 +100,7 @@ def test_changed_host_key_is_refused_and_names_the_file(tmp_path: Path, hosts: S
     prov.conns.known_hosts.parent.mkdir(parents=True, exist_ok=True)
     known.save(str(prov.conns.known_hosts))
     with pytest.raises(ApplicationError) as e:
-        prov.launch(req("k"))
+        prov.create(req("k"))
     assert e.value.type == ErrorKind.HOST_KEY.value and e.value.non_retryable
     assert "host key mismatch" in e.value.message and str(prov.conns.known_hosts) in e.value.message
 
@@ -108,7 +109,7 @@ def test_changed_host_key_is_refused_and_names_the_file(tmp_path: Path, hosts: S
 def test_first_contact_records_the_host_key(tmp_path: Path, hosts: SSHHosts):
     host = hosts.add_loopback()
     prov = provider(tmp_path, hosts.pool())
-    prov.launch(req("t"))
+    prov.create(req("t"))
     keys = paramiko.HostKeys(str(prov.conns.known_hosts))
     assert keys.lookup(f"[{host.ip}]:{host.port}") is not None
     prov.terminate(ClusterRef(cluster="t", infra="ssh/p", owner="t.u1"))
@@ -120,13 +121,13 @@ def test_down_host_is_retryable_bad_key_is_not(tmp_path: Path, hosts: SSHHosts):
     host.stop()
     prov = provider(tmp_path, hosts.pool())
     with pytest.raises(ApplicationError) as e:
-        prov.launch(req("d"))
+        prov.create(req("d"))
     assert e.value.type == ErrorKind.UNREACHABLE.value and not e.value.non_retryable
     host.restart()
     bad = {**hosts.pool(), "identity_file": str(tmp_path / "sshd" / "host_key")}
     prov = provider(tmp_path, bad)
     with pytest.raises(ApplicationError) as e:
-        prov.launch(req("d"))
+        prov.create(req("d"))
     assert e.value.type == ErrorKind.CREDENTIALS.value and e.value.non_retryable
     assert "authentication failed" in e.value.message and "host_key" in e.value.message
 
@@ -135,7 +136,7 @@ def test_down_host_is_retryable_bad_key_is_not(tmp_path: Path, hosts: SSHHosts):
 def test_runner_reads_from_offsets_and_writes_atomically(tmp_path: Path, hosts: SSHHosts):
     hosts.add_loopback()
     prov = provider(tmp_path, hosts.pool())
-    node = prov.launch(req("r")).nodes[0]
+    node = prov.create(req("r")).nodes[0]
     runner = prov.runner(node)
     path = f"{node.root}/x/file"
     runner.put_file(path, "héllo\nworld\n", 0o600)
@@ -166,7 +167,7 @@ def test_missing_rsync_that_cannot_be_installed_is_a_clear_final_error():
 def test_one_sweep_per_host_reports_ended_watched_phases(tmp_path: Path, hosts: SSHHosts):
     hosts.add_loopback()
     prov = provider(tmp_path, hosts.pool())
-    node = prov.launch(req("w")).nodes[0]
+    node = prov.create(req("w")).nodes[0]
     runner = prov.runner(node)
     base = f"{node.root}/jobs"
     runner.put_file(f"{base}/1/run/watch", "job-9\nw\n0\n")
@@ -177,9 +178,17 @@ def test_one_sweep_per_host_reports_ended_watched_phases(tmp_path: Path, hosts: 
     # Still running: not reported (terminate kills its process group).
     runner.run(f"setsid sleep 60 >/dev/null 2>&1 < /dev/null & echo $! > {base}/3/run/pid")
     runner.put_file(f"{base}/4/run/exit_code", "0\n")  # not watched: not reported
-    seen = sorted(
-        (w.workflow_id, w.observation.job_id, w.observation.state, w.observation.exit_code)
-        for w in prov.scan()
-    )
-    assert seen == [("job-9", 1, "exited", 3), ("job-9", 2, "killed", None)]
+    expected = [("job-9", 1, "exited", 3), ("job-9", 2, "killed", None)]
+
+    def seen() -> list[tuple[str, int | None, str, int | None]]:
+        return sorted(
+            (w.workflow_id, w.observation.job_id, w.observation.state, w.observation.exit_code)
+            for w in prov.sweep("ssh")
+        )
+
+    # Host watches answer from what their hosts last sent: the first scan may know nothing.
+    end = time.monotonic() + 10
+    while seen() != expected and time.monotonic() < end:
+        time.sleep(0.1)
+    assert seen() == expected
     prov.terminate(ClusterRef(cluster="w", infra="ssh/p", owner="w.u1"))
