@@ -1,13 +1,18 @@
-"""Cluster activities: provision nodes, sync files, start/watch/kill job phases, stop, down.
+"""Cluster activities: plan placements, provision nodes, sync files, start/kill job
+phases, stop, down; and what only a worker can do for a client (read logs, check infra,
+simulate a preemption).
 
 Methods on a class holding injected providers: the worker passes real ones, tests pass
-fakes. Each method is safe to run twice (a retry after a worker crash).
+fakes. Each method is safe to run twice (a retry after a worker crash), and none waits
+for a job: phases are watched by the provider's watcher (activities/watch.py).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -15,43 +20,62 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from pathlib import Path
 from typing import TypeVar
 
-from skyloom.activities.errors import ErrorKind, provider_error
+from skyloom.activities import models as m
+from skyloom.activities.errors import (
+    ErrorKind,
+    Where,
+    kind_of,
+    message_of,
+    provider_error,
+    where_of,
+)
 from skyloom.activities.models import (
+    CandidatePlan,
+    CheckInput,
+    CheckReport,
     ClusterHandle,
     ClusterRef,
     KillInput,
+    LogChunk,
+    LogsInput,
     NodeInfo,
+    NodeState,
     Observation,
     ObserveInput,
     Phase,
     PhaseInput,
-    PhaseResult,
+    PhaseState,
+    PlanInput,
+    PlanResult,
+    PreemptInput,
     ProvisionInput,
+    SavedLogs,
+    SavedLogsInput,
     SaveLogsInput,
     SyncInput,
     job_dir,
     log_path,
     workdir_path,
 )
-from skyloom.activities.providers.base import Provider
+from skyloom.activities.providers.base import Provider, base_infra, safe_name
 from skyloom.activities.runners import Runner, write_env_file
 from temporalio import activity
-from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.exceptions import ApplicationError
 
-# A phase whose claim exists but that never wrote a pid for this long was lost while
-# starting (its starter died between claiming and spawning): report it killed.
-_LOST_START_SECONDS = 60.0
 # Blocking work runs beside the activity thread, which heartbeats this often meanwhile.
 _HEARTBEAT_EVERY = 2.0
+# How often a log follower's long poll looks at the file.
+_LOG_POLL_SECONDS = 0.2
 
 T = TypeVar("T")
+X = TypeVar("X")
 
 
-def _in_parallel(nodes: list[NodeInfo], fn: Callable[[NodeInfo], object]) -> list:
-    if len(nodes) == 1:
-        return [fn(nodes[0])]
-    with ThreadPoolExecutor(max_workers=min(16, len(nodes))) as pool:
-        return list(pool.map(fn, nodes))
+def _in_parallel(items: list[X], fn: Callable[[X], T]) -> list[T]:
+    if len(items) <= 1:
+        return [fn(i) for i in items]
+    with ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
+        return list(pool.map(fn, items))
 
 
 def _heartbeating(fn: Callable[[], T]) -> T:
@@ -75,18 +99,21 @@ class Providers:
         self._by_name = dict(providers)
 
     def get(self, infra: str) -> Provider:
-        name = infra.split("/", 1)[0].lower()
         try:
-            return self._by_name[name]
+            return self._by_name[base_infra(infra)]
         except KeyError:
             raise provider_error(
                 ErrorKind.INVALID_SPEC,
                 f"infra {infra!r} is not enabled on this worker "
                 f"(enabled: {', '.join(sorted(self._by_name))})",
+                where=Where(infra=infra, field="resources.infra"),
             ) from None
 
     def names(self) -> list[str]:
         return sorted(self._by_name)
+
+    def all(self) -> list[Provider]:
+        return [self._by_name[n] for n in self.names()]
 
 
 def skypilot_env(inp: PhaseInput, node: NodeInfo) -> dict[str, str]:
@@ -132,45 +159,133 @@ class ClusterActivities:
         providers: Providers,
         *,
         sleep: Callable[[float], None] = time.sleep,
-        unreachable_grace: float = 60.0,
         logs_dir: Path | None = None,
+        unreachable_grace: float = 60.0,
     ):
         self.providers = providers
         # Where managed jobs' logs are kept once their clusters are gone.
         self.logs_dir = logs_dir
         self._sleep = sleep
-        # A node that cannot be reached for this long fails the phase (gone, not slow).
+        # A node out of reach for this long is gone for the step that needs it.
         self.unreachable_grace = unreachable_grace
 
     def _runner(self, handle: ClusterHandle, node: NodeInfo) -> Runner:
         return self.providers.get(handle.infra).runner(node)
 
-    def _each_node(
-        self, handle: ClusterHandle, nodes: list[NodeInfo], fn: Callable[[NodeInfo], object]
-    ) -> list:
+    def _patiently(self, node: NodeInfo, what: str, fn: Callable[[], T]) -> T:
+        """fn, tried again while the node is unreachable (a reboot, a dropped link), and
+        given up with a final error naming the node once the grace is over: a step on a
+        node gone for good must end, not be retried forever."""
+        since = time.monotonic()
+        while True:
+            try:
+                return fn()
+            except ApplicationError as e:
+                if e.type != ErrorKind.UNREACHABLE.value:
+                    raise
+                if time.monotonic() - since >= self.unreachable_grace:
+                    raise provider_error(
+                        ErrorKind.UNREACHABLE,
+                        f"node {node.rank} ({node.ip}) unreachable for more than "
+                        f"{self.unreachable_grace:.0f}s during {what}: {e.message}",
+                        non_retryable=True,
+                    ) from None
+                self._sleep(min(2.0, self.unreachable_grace / 4 or 0.1))
+
+    def _each_node(self, nodes: list[NodeInfo], fn: Callable[[NodeInfo], object]) -> list:
         """fn on every node at once (one slow host must not serialise the others), while
         this thread heartbeats, so a dead worker's activity is retried within seconds."""
         return _heartbeating(lambda: _in_parallel(nodes, fn))
 
-    @activity.defn(name="provision_nodes")
-    def provision(self, inp: ProvisionInput) -> ClusterHandle:
-        return _heartbeating(lambda: self.providers.get(inp.infra).launch(inp))
+    # ---- placement and nodes -------------------------------------------------------------
 
-    @activity.defn(name="sync_files")
+    @activity.defn(name=m.PLAN_LAUNCH.name)
+    def plan_launch(self, inp: PlanInput) -> PlanResult:
+        """Each candidate's offers, or why it can never be placed (no side effects)."""
+        safe_name(inp.cluster)
+
+        def plan(i: int) -> CandidatePlan:
+            cand = inp.candidates[i]
+            out = CandidatePlan(candidate=i, infra=cand.infra)
+            try:
+                provider = self.providers.get(cand.infra)
+                if inp.num_nodes > 1:
+                    provider.require(m.Capability.MULTI_NODE, "run more than one node")
+                out.offers = provider.offers(cand.infra, cand.resources, inp.num_nodes)
+            except ApplicationError as e:
+                out.error_kind = str(e.type or ErrorKind.INVALID_SPEC.value)
+                out.error = e.message
+                out.error_field = where_of(e).field
+            return out
+
+        indexes = list(range(len(inp.candidates)))
+        return PlanResult(candidates=_heartbeating(lambda: _in_parallel(indexes, plan)))
+
+    @activity.defn(name=m.PROVISION.name)
+    def provision(self, inp: ProvisionInput) -> ClusterHandle:
+        return _heartbeating(lambda: self.providers.get(inp.infra).create(inp))
+
+    @activity.defn(name=m.DESCRIBE_NODES.name)
+    def describe_nodes(self, ref: ClusterRef) -> ClusterHandle:
+        """The handle with each node's state as the provider sees it now."""
+        assert ref.handle is not None, "describe needs the handle of a created cluster"
+        handle = ref.handle
+        states = _heartbeating(lambda: self.providers.get(handle.infra).describe(handle))
+        pairs = zip(handle.nodes, states, strict=True)
+        nodes = [n.model_copy(update={"state": s}) for n, s in pairs]
+        return handle.model_copy(update={"nodes": nodes})
+
+    @activity.defn(name=m.STOP_NODES.name)
+    def stop_nodes(self, ref: ClusterRef) -> None:
+        provider = self.providers.get(ref.infra)
+        provider.require(m.Capability.STOP, "stop nodes")
+        if ref.handle is not None:
+            handle = ref.handle
+            _heartbeating(lambda: provider.stop(handle))
+
+    @activity.defn(name=m.START_NODES.name)
+    def start_nodes(self, ref: ClusterRef) -> ClusterHandle:
+        assert ref.handle is not None, "start needs the handle of a launched cluster"
+        handle = ref.handle
+        return _heartbeating(lambda: self.providers.get(ref.infra).start(handle))
+
+    @activity.defn(name=m.TERMINATE_NODES.name)
+    def terminate_nodes(self, ref: ClusterRef) -> None:
+        _heartbeating(lambda: self.providers.get(ref.infra).terminate(ref))
+
+    # ---- jobs on nodes -------------------------------------------------------------------
+
+    @activity.defn(name=m.SYNC_FILES.name)
     def sync_files(self, inp: SyncInput) -> None:
+        sources = ([inp.workdir] if inp.workdir else []) + list(inp.file_mounts.values())
+        for src in sources:
+            if not Path(src).expanduser().exists():
+                raise provider_error(
+                    ErrorKind.INVALID_SPEC,
+                    f"{src} does not exist on the worker ({socket.gethostname()}): local "
+                    "files are read where the worker runs; a CLI on another machine cannot "
+                    "send its own files yet",
+                    where=Where(field="workdir" if src == inp.workdir else "file_mounts"),
+                )
+
         def sync(node: NodeInfo) -> None:
             runner = self._runner(inp.handle, node)
             # Without a workdir the job still runs in an (empty) one: the nodelet makes it.
             if inp.workdir:
                 runner.sync_dir(inp.workdir, workdir_path(node))
             for target, source in inp.file_mounts.items():
-                runner.sync_dir(source, target)
+                # A relative target lands under the node's workdir, as SkyPilot's does.
+                where = (
+                    target if target.startswith(("/", "~")) else f"{workdir_path(node)}/{target}"
+                )
+                runner.sync_dir(source, where)
 
-        self._each_node(inp.handle, inp.handle.nodes, sync)
+        self._each_node(inp.handle.nodes, sync)
 
-    @activity.defn(name="start_phase")
+    @activity.defn(name=m.START_PHASE.name)
     def start_phase(self, inp: PhaseInput) -> None:
-        """Write the phase's files and start it detached on each node (once per node)."""
+        """Write the phase's files and start it detached on each node (once per node).
+        Its ending is reported by the provider's watcher to `inp.notify`."""
 
         def start(node: NodeInfo) -> None:
             runner = self._runner(inp.handle, node)
@@ -182,131 +297,64 @@ class ClusterActivities:
                 f"{d}/env": (write_env_file(env), 0o600),
             }
             if inp.notify:
-                # The shared watcher tells this workflow when the phase ends here.
                 # Line 1: whom to tell; then which cluster and rank this node is to it.
                 watch = f"{inp.notify}\n{inp.handle.cluster}\n{node.rank}\n"
                 files[f"{d}/watch"] = (watch, 0o644)
-            runner.nodelet("start", d, files)
+            self._patiently(
+                node, f"the start of {inp.phase.value}", lambda: runner.nodelet("start", d, files)
+            )
 
-        self._each_node(inp.handle, inp.handle.nodes[: inp.num_nodes], start)
+        self._each_node(inp.handle.nodes[: inp.num_nodes], start)
 
-    @activity.defn(name="watch_phase")
-    def watch_phase(self, inp: PhaseInput) -> PhaseResult:
-        """Wait until the phase ended on every node; heartbeats while it runs.
-
-        When one rank fails the others are killed (a distributed job cannot go on without
-        a rank), so the result comes back as soon as the failure is known.
-        """
-        nodes = inp.handle.nodes[: inp.num_nodes]
-        codes: list[int | None] = [None] * len(nodes)
-        done = [False] * len(nodes)
-        first_seen_starting: dict[int, float] = {}
-        first_unreachable: dict[int, float] = {}
-        killed_others = False
-
-        def look(node: NodeInfo) -> str:
-            try:
-                return self._runner(inp.handle, node).nodelet(
-                    "status", _phase_dir(node, inp, inp.phase)
-                )
-            except ApplicationError as e:
-                if e.type != ErrorKind.UNREACHABLE.value:
-                    raise
-                return f"unreachable {e.message}"
-
-        while True:
-            if activity.is_cancelled():
-                raise CancelledError("watch cancelled")
-
-            pending = [n for n in nodes if not done[n.rank]]
-            for node, state in zip(
-                pending, self._each_node(inp.handle, pending, look), strict=True
-            ):
-                word, _, rest = state.partition(" ")
-                if word == "unreachable":
-                    since = first_unreachable.setdefault(node.rank, time.monotonic())
-                    if time.monotonic() - since > self.unreachable_grace:
-                        raise provider_error(
-                            ErrorKind.UNREACHABLE,
-                            f"node {node.rank} ({node.ip}) unreachable for more than "
-                            f"{self.unreachable_grace:.0f}s during {inp.phase.value}: "
-                            f"{rest}",
-                            non_retryable=True,
-                        )
-                    continue
-                first_unreachable.pop(node.rank, None)
-                if word == "exited":
-                    codes[node.rank], done[node.rank] = int(rest), True
-                elif word == "killed":
-                    codes[node.rank], done[node.rank] = None, True
-                elif word in ("starting", "pending"):
-                    since = first_seen_starting.setdefault(node.rank, time.monotonic())
-                    if time.monotonic() - since > _LOST_START_SECONDS:
-                        codes[node.rank], done[node.rank] = None, True
-            if all(done):
-                return PhaseResult(exit_codes=codes)
-            failed = any(d and c != 0 for d, c in zip(done, codes, strict=True))
-            if failed and not killed_others:
-                killed_others = True
-                self._each_node(
-                    inp.handle,
-                    [n for n in nodes if not done[n.rank]],
-                    lambda n: self._runner(inp.handle, n).nodelet(
-                        "kill", _phase_dir(n, inp, inp.phase)
-                    ),
-                )
-                continue
-            activity.heartbeat(sum(done))
-            self._sleep(inp.poll_seconds)
-
-    @activity.defn(name="observe_cluster")
+    @activity.defn(name=m.OBSERVE_CLUSTER.name)
     def observe_cluster(self, inp: ObserveInput) -> list[Observation]:
-        """One look at a cluster: which nodes the provider reports preempted or gone, and
-        how the phase ended on each node where it did. Unreachable nodes say nothing."""
+        """One look at a cluster: which nodes the provider reports preempted or gone, how
+        the phase ended on each node where it did, and which nodes stayed out of reach
+        for the whole grace (the phase cannot go on there)."""
         handle = inp.ref.handle
         if handle is None:
             return []
         provider = self.providers.get(handle.infra)
+        states = _heartbeating(lambda: provider.describe(handle))
         out = [
-            Observation(cluster=handle.cluster, rank=n.rank, state="preempted")
-            for n, state in zip(handle.nodes, provider.node_states(handle), strict=True)
-            if state != "up"
+            Observation(cluster=handle.cluster, rank=n.rank, state=NodeState.PREEMPTED)
+            for n, state in zip(handle.nodes, states, strict=True)
+            if state in (NodeState.PREEMPTED, NodeState.GONE)
         ]
+        phase_dir = inp.phase.value
 
         def look(node: NodeInfo) -> Observation | None:
+            seen = dict(cluster=handle.cluster, rank=node.rank, job_id=inp.job_id, phase=inp.phase)
             try:
-                word, _, rest = (
-                    provider.runner(node)
-                    .nodelet("status", f"{job_dir(node, inp.job_id)}/{inp.phase.value}")
-                    .partition(" ")
+                status = self._patiently(
+                    node,
+                    f"a look at {phase_dir}",
+                    lambda: provider.runner(node).nodelet(
+                        "status", f"{job_dir(node, inp.job_id)}/{phase_dir}"
+                    ),
                 )
             except ApplicationError as e:
-                if e.type == ErrorKind.UNREACHABLE.value:
-                    return None
-                raise
-            if word not in ("exited", "killed"):
+                if e.type != ErrorKind.UNREACHABLE.value:
+                    raise
+                return Observation(**seen, state=PhaseState.UNREACHABLE, reason=e.message)
+            word, _, rest = status.partition(" ")
+            if word not in (PhaseState.EXITED, PhaseState.KILLED):
                 return None
-            return Observation(
-                cluster=handle.cluster,
-                rank=node.rank,
-                state=word,
-                job_id=inp.job_id,
-                phase=inp.phase,
-                exit_code=int(rest) if word == "exited" else None,
-            )
+            code = int(rest) if word == PhaseState.EXITED else None
+            return Observation(**seen, state=PhaseState(word), exit_code=code)
 
         down = {o.rank for o in out}
         live = [n for n in handle.nodes if n.rank not in down]
-        out += [o for o in self._each_node(handle, live, look) if o is not None]
+        out += [o for o in self._each_node(live, look) if o is not None]
         return out
 
-    @activity.defn(name="save_logs")
+    @activity.defn(name=m.SAVE_LOGS.name)
     def save_logs(self, inp: SaveLogsInput) -> None:
         """Copy setup and run logs of every node to `<logs_dir>/<dest>/` (best effort: an
         unreachable node's log is skipped, never a reason to keep the cluster)."""
         if self.logs_dir is None:
             return
-        dest = self.logs_dir / inp.dest
+        dest = self.logs_dir / _saved_dir(inp.dest)
         dest.mkdir(parents=True, exist_ok=True)
 
         def save(node: NodeInfo) -> None:
@@ -319,9 +367,9 @@ class ClusterActivities:
                 if data:
                     (dest / f"{phase.value}-rank{node.rank}.log").write_bytes(data)
 
-        self._each_node(inp.handle, inp.handle.nodes, save)
+        self._each_node(inp.handle.nodes, save)
 
-    @activity.defn(name="kill_job")
+    @activity.defn(name=m.KILL_JOB.name)
     def kill_job(self, inp: KillInput) -> None:
         """Kill both phases of a job on every node; a job that never started stays unstarted."""
 
@@ -341,34 +389,109 @@ class ClusterActivities:
                     "kill job %s: skipping node %s: %s", inp.job_id, node.rank, e
                 )
 
-        self._each_node(inp.handle, inp.handle.nodes, kill)
+        self._each_node(inp.handle.nodes, kill)
 
-    @activity.defn(name="stop_nodes")
-    def stop_nodes(self, ref: ClusterRef) -> None:
-        if ref.handle is not None:
-            handle = ref.handle
-            _heartbeating(lambda: self.providers.get(ref.infra).stop(handle))
+    # ---- for clients: what only a worker can reach -----------------------------------
 
-    @activity.defn(name="start_nodes")
-    def start_nodes(self, ref: ClusterRef) -> ClusterHandle:
-        assert ref.handle is not None, "start needs the handle of a launched cluster"
-        handle = ref.handle
-        return _heartbeating(lambda: self.providers.get(ref.infra).start(handle))
+    @activity.defn(name=m.READ_LOGS.name)
+    def read_logs(self, inp: LogsInput) -> LogChunk:
+        """Bytes of one log from an offset, waiting up to inp.wait_seconds for some (a
+        follower's long poll: one call per burst of output, not one per tick)."""
+        if inp.saved is not None:
+            path = (
+                self._saved_root() / _saved_dir(inp.saved) / f"{inp.phase.value}-rank{inp.rank}.log"
+            )
 
-    @activity.defn(name="terminate_nodes")
-    def terminate_nodes(self, ref: ClusterRef) -> None:
-        _heartbeating(lambda: self.providers.get(ref.infra).terminate(ref))
+            def read(wait: float) -> bytes:
+                return _read_local(path, inp.offset, inp.max_bytes + 1)
+
+        else:
+            if inp.handle is None:
+                raise provider_error(ErrorKind.INVALID_SPEC, "read_logs needs a handle or saved")
+            if not 0 <= inp.rank < len(inp.handle.nodes):
+                raise provider_error(
+                    ErrorKind.INVALID_SPEC,
+                    f"node rank {inp.rank}: cluster {inp.handle.cluster} has "
+                    f"{len(inp.handle.nodes)} node(s)",
+                    where=Where(field="rank"),
+                )
+            node = inp.handle.nodes[inp.rank]
+            runner = self._runner(inp.handle, node)
+            remote = log_path(node, inp.job_id, inp.phase)
+
+            def read(wait: float) -> bytes:
+                return runner.read_file(remote, inp.offset, wait_seconds=wait)
+
+        data = _heartbeating(lambda: read(inp.wait_seconds))
+        more = len(data) > inp.max_bytes
+        data = data[: inp.max_bytes]
+        return LogChunk.of(data, inp.offset + len(data), more)
+
+    @activity.defn(name=m.SAVED_LOGS.name)
+    def saved_logs(self, inp: SavedLogsInput) -> SavedLogs:
+        root = self._saved_root() / str(int(inp.managed_job_id))
+        attempts = sorted(int(p.name) for p in root.glob("*") if p.is_dir() and p.name.isdigit())
+        return SavedLogs(attempts=attempts)
+
+    def _saved_root(self) -> Path:
+        if self.logs_dir is None:
+            raise provider_error(ErrorKind.NOT_SUPPORTED, "this worker keeps no job logs")
+        return self.logs_dir
+
+    @activity.defn(name=m.CHECK_INFRA.name)
+    def check_infra(self, inp: CheckInput) -> CheckReport:
+        """Whether each infra can be used from this worker (SSH: every host probed)."""
+        results = _heartbeating(lambda: [r for p in self.providers.all() for r in _safe_check(p)])
+        return CheckReport(worker=f"{socket.gethostname()} (pid {os.getpid()})", results=results)
+
+    @activity.defn(name=m.PREEMPT_CLUSTER.name)
+    def preempt_cluster(self, inp: PreemptInput) -> None:
+        provider = self.providers.get(inp.infra)
+        provider.preempt(safe_name(inp.cluster))
 
     def all(self) -> list[Callable]:
         return [
+            self.plan_launch,
             self.provision,
+            self.describe_nodes,
             self.sync_files,
             self.start_phase,
-            self.watch_phase,
             self.kill_job,
             self.observe_cluster,
             self.save_logs,
             self.stop_nodes,
             self.start_nodes,
             self.terminate_nodes,
+            self.read_logs,
+            self.saved_logs,
+            self.check_infra,
+            self.preempt_cluster,
         ]
+
+
+def _saved_dir(dest: str) -> Path:
+    """`<managed job id>/<attempt>`, checked: it is joined into a path on the worker."""
+    parts = dest.split("/")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise provider_error(
+            ErrorKind.INVALID_SPEC, f"saved log {dest!r}: expected <job id>/<attempt>"
+        )
+    return Path(parts[0]) / parts[1]
+
+
+def _read_local(path: Path, offset: int, limit: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(limit)
+    except FileNotFoundError:
+        return b""
+
+
+def _safe_check(provider: Provider) -> list[m.CheckResult]:
+    try:
+        return provider.check()
+    except Exception as e:  # one infra's failure must not hide the others'
+        kind = kind_of(e)
+        why = message_of(e) if kind else f"{type(e).__name__}: {e}"
+        return [m.CheckResult(infra=provider.name, enabled=False, reason=why)]

@@ -2,14 +2,70 @@
 
 Plain pydantic models with no I/O, so workflow code can import them inside the sandbox.
 Fields may be added later; never repurpose one (recorded histories carry them).
+
+Activities are named once, here (`Activity` refs): the worker registers each
+implementation under its ref's name and workflows call it through the same ref, so the
+argument and result types are checked on both sides without workflows importing
+activity code.
 """
 
 from __future__ import annotations
 
+import base64
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field
+
+I = TypeVar("I")  # noqa: E741 - input of an activity
+O = TypeVar("O")  # noqa: E741 - result of an activity
+
+
+@dataclass(frozen=True)
+class Activity(Generic[I, O]):
+    """An activity's name with its input and result types (a typed seam)."""
+
+    name: str
+    result: Any = None
+
+
+# ---- states and capabilities ------------------------------------------------------------
+
+
+class NodeState(StrEnum):
+    """A node as its provider reports it."""
+
+    PENDING = "pending"  # created, not yet reachable (a cloud VM booting)
+    UP = "up"
+    STOPPED = "stopped"
+    PREEMPTED = "preempted"  # taken back by the provider (spot)
+    GONE = "gone"  # no longer exists
+
+
+class PhaseState(StrEnum):
+    """One phase (setup or run) of one job on one node, as the node shows it."""
+
+    PENDING = "pending"
+    STARTING = "starting"
+    RUNNING = "running"
+    EXITED = "exited"  # with an exit code
+    KILLED = "killed"  # its process vanished without an exit code
+    UNREACHABLE = "unreachable"  # its node could not be reached for longer than allowed
+
+
+class Capability(StrEnum):
+    """What a provider can do beyond create/describe/terminate; checked before use."""
+
+    STOP = "stop"  # stop nodes keeping their disks, start them again
+    OPEN_PORTS = "open_ports"  # make `resources.ports` reachable (firewall, security group)
+    SPOT = "spot"  # preemptible nodes (use_spot)
+    MULTI_NODE = "multi_node"  # more than one node per cluster
+    WATCH = "watch"  # every watched phase swept in one call per watch key
+    SIMULATE_PREEMPTION = "simulate_preemption"  # `skyloom debug preempt`
+
+
+# ---- nodes and clusters ------------------------------------------------------------------
 
 
 class NodeInfo(BaseModel):
@@ -25,6 +81,7 @@ class NodeInfo(BaseModel):
     ssh_port: int = 22
     identity_file: str | None = None
     gpus: dict[str, int] = Field(default_factory=dict)
+    state: NodeState = NodeState.UP
 
 
 class ClusterHandle(BaseModel):
@@ -35,10 +92,90 @@ class ClusterHandle(BaseModel):
     nodes: list[NodeInfo]
     # The provider's mark on these nodes (ProvisionInput.owner).
     owner: str = ""
+    # Where the nodes are (clouds) and what they are; None where it does not apply.
+    region: str | None = None
+    zone: str | None = None
+    instance_type: str | None = None
+    spot: bool = False
+    # What the provider can do with these nodes (stop/start, ports, ...).
+    capabilities: list[Capability] = Field(default_factory=list)
 
     @property
     def head(self) -> NodeInfo:
         return self.nodes[0]
+
+    def can(self, capability: Capability) -> bool:
+        return capability in self.capabilities
+
+
+class Candidate(BaseModel):
+    """One place the task may run: an entry of any_of/ordered, or the resources."""
+
+    infra: str
+    resources: dict[str, Any] = Field(default_factory=dict)
+
+
+class Offer(BaseModel):
+    """What a provider can give for a candidate, at one place, per node."""
+
+    infra: str  # the candidate's infra at this offer's precision: "local", "ssh/lab", "aws"
+    region: str | None = None
+    zone: str | None = None
+    instance_type: str | None = None
+    cpus: float | None = None
+    memory_gb: float | None = None
+    accelerators: dict[str, float] = Field(default_factory=dict)
+    spot: bool = False
+    # Per node; local and SSH hosts cost nothing.
+    price_per_hour: float = 0.0
+    # Most nodes this offer can give one cluster (a pool's size, the local limit).
+    max_nodes: int | None = None
+    capabilities: list[Capability] = Field(default_factory=list)
+
+    @property
+    def where(self) -> str:
+        """`aws/us-east-1/us-east-1a`, `ssh/lab`, `local`: the offer as an infra string."""
+        return "/".join(p for p in (self.infra, self.region, self.zone) if p)
+
+
+class Placement(BaseModel):
+    """One place a launch will try: an offer of one of the candidates."""
+
+    candidate: int
+    offer: Offer
+
+
+class PlanInput(BaseModel):
+    cluster: str
+    num_nodes: int
+    candidates: list[Candidate]
+
+
+class CandidatePlan(BaseModel):
+    """A candidate's offers, or why it can never be placed (kind, field, message)."""
+
+    candidate: int
+    infra: str
+    offers: list[Offer] = Field(default_factory=list)
+    error_kind: str | None = None
+    error_field: str | None = None
+    error: str | None = None
+
+
+class PlanResult(BaseModel):
+    candidates: list[CandidatePlan]
+
+
+class LaunchAttempt(BaseModel):
+    """One placement tried during a launch and why it did not give nodes (a row of the
+    failover table users see)."""
+
+    infra: str
+    region: str | None = None
+    zone: str | None = None
+    instance_type: str | None = None
+    kind: str
+    message: str
 
 
 class ProvisionInput(BaseModel):
@@ -49,6 +186,8 @@ class ProvisionInput(BaseModel):
     # a provider marks its nodes with, so leftovers of an old cluster are never adopted.
     owner: str = ""
     resources: dict[str, Any] = Field(default_factory=dict)
+    # The offer being tried (region, zone, instance type); None: the provider chooses.
+    offer: Offer | None = None
 
 
 class ClusterRef(BaseModel):
@@ -60,13 +199,16 @@ class ClusterRef(BaseModel):
     owner: str = ""
 
 
+# ---- jobs on nodes -----------------------------------------------------------------------
+
+
 class Phase(StrEnum):
     SETUP = "setup"
     RUN = "run"
 
 
 class PhaseInput(BaseModel):
-    """Start or watch one phase (setup or run) of one job on every node of the cluster."""
+    """Start one phase (setup or run) of one job on every node of the cluster."""
 
     handle: ClusterHandle
     job_id: int
@@ -78,16 +220,16 @@ class PhaseInput(BaseModel):
     num_nodes: int = 1
     task_id: str = ""
     num_gpus_per_node: float = 0
-    # How often watchers look at the node; tests shorten it.
+    # Unused since phases are watched (kept: recorded histories carry it).
     poll_seconds: float = 1.0
-    # Workflow to tell when the phase ends on a node (the shared watcher does, so the
-    # workflow waits with no activity and no timer); None: it runs watch_phase instead.
+    # Workflow the watcher tells when the phase ends on a node.
     notify: str | None = None
 
 
 class Observation(BaseModel):
     """A change the watcher saw on a node, addressed to the workflow watching it: a phase
-    that ended there (`exited`/`killed`), or the node itself `preempted`."""
+    that ended there (`exited`/`killed`/`unreachable`; job_id and phase set), or the node
+    itself `preempted` (job_id and phase None)."""
 
     cluster: str
     rank: int
@@ -95,10 +237,16 @@ class Observation(BaseModel):
     job_id: int | None = None
     phase: Phase | None = None
     exit_code: int | None = None
+    # Why, in words, where the state alone does not say (which host, since when).
+    reason: str | None = None
 
     @property
     def key(self) -> tuple[str, int, int | None, str | None]:
         return (self.cluster, self.rank, self.job_id, self.phase.value if self.phase else None)
+
+
+# The signal every watched workflow takes, with a list[Observation]: what the watcher saw.
+OBSERVE_SIGNAL = "observe"
 
 
 class WatchedObservation(BaseModel):
@@ -124,23 +272,6 @@ class SaveLogsInput(BaseModel):
     dest: str
 
 
-class PhaseResult(BaseModel):
-    """How one phase ended on each node: exit code, or None when it was killed."""
-
-    exit_codes: list[int | None]
-
-    @property
-    def succeeded(self) -> bool:
-        return all(c == 0 for c in self.exit_codes)
-
-    @property
-    def first_failure(self) -> tuple[int, int | None] | None:
-        for rank, code in enumerate(self.exit_codes):
-            if code != 0:
-                return rank, code
-        return None
-
-
 class KillInput(BaseModel):
     handle: ClusterHandle
     job_id: int
@@ -156,6 +287,85 @@ class SyncInput(BaseModel):
     file_mounts: dict[str, str] = Field(default_factory=dict)
 
 
+# ---- what only workers can do for a client -----------------------------------------------
+
+
+class WatchInput(BaseModel):
+    """One watcher: every watched phase of one provider (one region, for clouds)."""
+
+    key: str
+
+
+class LogsInput(BaseModel):
+    """Read one node's log of one phase from an offset: a live node's (handle), or the
+    copy kept on the worker when a managed job's cluster went away (saved)."""
+
+    handle: ClusterHandle | None = None
+    job_id: int = 1
+    rank: int = 0
+    phase: Phase = Phase.RUN
+    # `<managed job id>/<attempt>` under the worker's job-log directory.
+    saved: str | None = None
+    offset: int = 0
+    max_bytes: int = 1 << 20
+    # Wait up to this long for the log to grow past offset (a follower's long poll).
+    wait_seconds: float = 0.0
+
+
+class LogChunk(BaseModel):
+    """Bytes of a log. `log_data` (base64) is sealed by the payload codec like secrets:
+    a job's output may hold anything, and it passes through workflow history."""
+
+    log_data: str = ""
+    offset: int = 0
+    # More bytes were already there than max_bytes allowed.
+    more: bool = False
+
+    @classmethod
+    def of(cls, data: bytes, offset: int, more: bool = False) -> LogChunk:
+        return cls(log_data=base64.b64encode(data).decode(), offset=offset, more=more)
+
+    @property
+    def data(self) -> bytes:
+        return base64.b64decode(self.log_data)
+
+
+class SavedLogsInput(BaseModel):
+    managed_job_id: int
+
+
+class SavedLogs(BaseModel):
+    """Attempts of a managed job whose logs the worker kept: `<attempt>` → phases found."""
+
+    attempts: list[int] = Field(default_factory=list)
+
+
+class CheckResult(BaseModel):
+    infra: str
+    enabled: bool
+    reason: str = ""
+    # Per-target detail (e.g. each host of an SSH pool): "name: ok" / "name: why not".
+    details: list[str] = Field(default_factory=list)
+    capabilities: list[Capability] = Field(default_factory=list)
+
+
+class CheckInput(BaseModel):
+    pass
+
+
+class CheckReport(BaseModel):
+    worker: str
+    results: list[CheckResult]
+
+
+class PreemptInput(BaseModel):
+    cluster: str
+    infra: str = "local"
+
+
+# ---- paths on nodes ----------------------------------------------------------------------
+
+
 def job_dir(node: NodeInfo, job_id: int) -> str:
     return f"{node.root}/jobs/{job_id}"
 
@@ -166,3 +376,25 @@ def log_path(node: NodeInfo, job_id: int, phase: Phase) -> str:
 
 def workdir_path(node: NodeInfo) -> str:
     return f"{node.root}/sky_workdir"
+
+
+# ---- the activities ------------------------------------------------------------------------
+
+PLAN_LAUNCH: Activity[PlanInput, PlanResult] = Activity("plan_launch", PlanResult)
+PROVISION: Activity[ProvisionInput, ClusterHandle] = Activity("provision_nodes", ClusterHandle)
+DESCRIBE_NODES: Activity[ClusterRef, ClusterHandle] = Activity("describe_nodes", ClusterHandle)
+SYNC_FILES: Activity[SyncInput, None] = Activity("sync_files")
+START_PHASE: Activity[PhaseInput, None] = Activity("start_phase")
+KILL_JOB: Activity[KillInput, None] = Activity("kill_job")
+OBSERVE_CLUSTER: Activity[ObserveInput, list[Observation]] = Activity(
+    "observe_cluster", list[Observation]
+)
+SAVE_LOGS: Activity[SaveLogsInput, None] = Activity("save_logs")
+STOP_NODES: Activity[ClusterRef, None] = Activity("stop_nodes")
+START_NODES: Activity[ClusterRef, ClusterHandle] = Activity("start_nodes", ClusterHandle)
+TERMINATE_NODES: Activity[ClusterRef, None] = Activity("terminate_nodes")
+WATCH_PROVIDER: Activity[WatchInput, None] = Activity("watch_provider")
+READ_LOGS: Activity[LogsInput, LogChunk] = Activity("read_logs", LogChunk)
+SAVED_LOGS: Activity[SavedLogsInput, SavedLogs] = Activity("saved_logs", SavedLogs)
+CHECK_INFRA: Activity[CheckInput, CheckReport] = Activity("check_infra", CheckReport)
+PREEMPT_CLUSTER: Activity[PreemptInput, None] = Activity("preempt_cluster")

@@ -12,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ from pathlib import Path
 from skyloom.activities.models import NodeInfo
 
 NODELET = resources.files("skyloom.activities").joinpath("nodelet.sh").read_text()
+
+# How often a waiting read looks at the file again.
+_WAIT_POLL_SECONDS = 0.1
 
 # SkyPilot leaves these out of workdir syncs: git's ignores and its own.
 IGNORE_FILES = (".gitignore", ".skyignore")
@@ -50,8 +54,10 @@ class Runner(ABC):
         """Write a whole file on the node (parents created), atomically."""
 
     @abstractmethod
-    def read_file(self, path: str, offset: int = 0) -> bytes:
-        """Bytes of a file from offset; empty when it does not exist (yet)."""
+    def read_file(self, path: str, offset: int = 0, *, wait_seconds: float = 0) -> bytes:
+        """Bytes of a file from offset; empty when it does not exist (yet). With
+        wait_seconds, waits (on the node, in one command) up to that long for the file to
+        grow past offset: a log follower's long poll."""
 
     @abstractmethod
     def sync_dir(self, source: str, target: str) -> None:
@@ -135,13 +141,19 @@ class LocalRunner(Runner):
             self.put_file(path, content, mode)
         return super().nodelet(verb, directory)
 
-    def read_file(self, path: str, offset: int = 0) -> bytes:
-        try:
-            with open(Path(path).expanduser(), "rb") as f:
-                f.seek(offset)
-                return f.read()
-        except FileNotFoundError:
-            return b""
+    def read_file(self, path: str, offset: int = 0, *, wait_seconds: float = 0) -> bytes:
+        target = Path(path).expanduser()
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                with open(target, "rb") as f:
+                    f.seek(offset)
+                    data = f.read()
+            except FileNotFoundError:
+                data = b""
+            if data or time.monotonic() >= deadline:
+                return data
+            time.sleep(min(_WAIT_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
 
     def sync_dir(self, source: str, target: str) -> None:
         src = Path(source).expanduser()

@@ -8,19 +8,25 @@ from pathlib import Path
 from typing import Any
 
 import click
+from skyloom.activities.models import Candidate, CheckReport, PlanInput, PlanResult
 from skyloom.cli import render
 from skyloom.cli.main import EXIT_FAILED, BadInput, _echo_json, run_with_client
 from skyloom.client.api import SkyloomClient, job_spec_from_task
-from skyloom.client.config import user
 from skyloom.spec.loader import SpecError, load_task_file, parse_task
 from skyloom.spec.models import Task
 from skyloom.workflows.models import AutostopConfig, ClusterStatus, JobStatus, cluster_workflow_id
 
 
 def task_from_args(
-    yaml_path: str | None, entrypoint: tuple[str, ...], overrides: dict[str, Any]
+    yaml_path: str | None,
+    entrypoint: tuple[str, ...],
+    overrides: dict[str, Any],
+    envs: dict[str, str] | None = None,
+    secrets: dict[str, str] | None = None,
 ) -> tuple[Task, Path]:
-    """The task from a YAML file or an inline command, with command-line overrides applied."""
+    """The task from a YAML file or an inline command, with command-line overrides applied
+    (flags over fields; --env/--secret over the YAML's values, and filling the ones it
+    declares without a value)."""
     base_dir = Path.cwd()
     command = " ".join(entrypoint) if entrypoint else None
     if yaml_path and not Path(yaml_path).exists() and not yaml_path.endswith((".yaml", ".yml")):
@@ -31,7 +37,7 @@ def task_from_args(
                 f"give either a task YAML or a command, not both ({yaml_path} {command})"
             )
         try:
-            pipeline = load_task_file(yaml_path)
+            pipeline = load_task_file(yaml_path, envs, secrets)
         except SpecError as e:
             raise BadInput(str(e)) from None
         if len(pipeline.tasks) > 1:
@@ -45,34 +51,96 @@ def task_from_args(
         task = Task(run=command)
     if overrides.get("workdir"):
         base_dir = Path.cwd()
-    return apply_overrides(task, overrides), base_dir
+    return apply_overrides(task, overrides, envs, secrets), base_dir
 
 
-def apply_overrides(task: Task, overrides: dict[str, Any]) -> Task:
-    """The task with command-line flags (infra, accelerators, …) put over its fields."""
+# Task fields each command-line flag sets: an error about the field names the flag.
+FLAGS = {
+    "resources.infra": "--infra",
+    "resources.accelerators": "--gpus",
+    "resources.cpus": "--cpus",
+    "resources.memory": "--memory",
+    "resources.use_spot": "--use-spot",
+    "resources.job_recovery": "--job-recovery",
+    "num_nodes": "--num-nodes",
+    "workdir": "--workdir",
+    "name": "--name",
+}
+_RESOURCE_FLAGS = ("infra", "accelerators", "cpus", "memory", "use_spot", "job_recovery")
+
+
+def apply_overrides(
+    task: Task,
+    overrides: dict[str, Any],
+    envs: dict[str, str] | None = None,
+    secrets: dict[str, str] | None = None,
+) -> Task:
+    """The task with command-line flags (infra, accelerators, …) put over its fields. A
+    flag's value gets the same checks as the YAML field; an error names the flag. Secrets
+    the YAML declares without a value must be given one with --secret."""
     data = task.model_dump(exclude_unset=True, by_alias=True)
     res = data.setdefault("resources", {})
-    for key in ("infra", "accelerators", "cpus", "memory", "use_spot", "job_recovery"):
+    given = set()
+    for key in _RESOURCE_FLAGS:
         if overrides.get(key) is not None:
             if key == "infra":
                 for legacy in ("cloud", "region", "zone"):
                     res.pop(legacy, None)
+                # A flag's infra applies to every candidate, as SkyPilot's does.
+                for alts in ("any_of", "ordered"):
+                    for alt in res.get(alts) or []:
+                        for legacy in ("infra", "cloud", "region", "zone"):
+                            alt.pop(legacy, None)
             res[key] = overrides[key]
+            given.add(f"resources.{key}")
     for key in ("name", "num_nodes", "workdir"):
         if overrides.get(key) is not None:
             data[key] = overrides[key]
+            given.add(key)
     try:
-        return parse_task(data, "command line")
+        out = parse_task(data, "command line", env_overrides=envs, secret_overrides=secrets)
     except SpecError as e:
-        raise BadInput(str(e)) from None
+        raise BadInput(flag_error(e.field, e.message, given) or str(e)) from None
+    missing = out.secret_refs()
+    if missing:
+        raise BadInput(
+            f"secrets.{missing[0]}: no value; give one with --secret {missing[0]}=VALUE "
+            f"(or --secret {missing[0]} to take it from the environment)"
+        )
+    return out
 
 
-def _infra(task: Task) -> str:
-    cand = task.resources.candidates()[0]
-    if cand.infra:
-        return cand.infra
-    cloud, region, _ = cand.placement()
-    return "/".join(x for x in (cloud, region) if x) or "local"
+def flag_error(field: str | None, message: str, given: set[str] | None = None) -> str | None:
+    """`--cpus: ...` when `field` was set by a flag (all flags when `given` is None)."""
+    if not field:
+        return None
+    base = field.split("[", 1)[0]
+    flag = FLAGS.get(base)
+    if flag is None or (given is not None and base not in given):
+        return None
+    return f"{flag}: {message}"
+
+
+def candidates_of(task: Task) -> tuple[list[Candidate], bool]:
+    """The places the task may run (its any_of/ordered entries, or its resources) and
+    whether they are to be tried in the given order."""
+    out = []
+    for cand in task.resources.candidates():
+        cloud, region, zone = cand.placement()
+        where = cand.infra or "/".join(x for x in (cloud, region, zone) if x) or "local"
+        out.append(
+            Candidate(infra=where, resources=cand.model_dump(mode="json", exclude_none=True))
+        )
+    return out, task.resources.ordered is not None
+
+
+def check_name(name: str, flag: str) -> str:
+    from skyloom.spec.names import name_problem
+
+    problem = name_problem(name)
+    if problem:
+        raise BadInput(f"{flag}: {problem}")
+    return name
 
 
 def _check_local_paths(task: Task, base_dir: Path) -> None:
@@ -89,25 +157,25 @@ def _check_local_paths(task: Task, base_dir: Path) -> None:
             raise BadInput(f"file_mounts.{target}: source {src!r} does not exist")
 
 
-def _check_ssh_pool(infra: str, task: Task) -> None:
-    """`--infra ssh/<pool>`: the pool must exist and be big enough, before anything starts."""
-    head, _, pool = infra.partition("/")
-    if head.lower() != "ssh":
-        return
-    from skyloom.client.config import home
-    from skyloom.spec.node_pools import POOLS_FILE, pool_hosts
+def check_plan(plan: PlanResult, given: set[str]) -> list[str]:
+    """Exit 2 when the workers refuse the request (a bad infra, an unknown pool, more
+    nodes than the infra has) or no candidate can ever fit; else the notes to show."""
+    from skyloom.activities.errors import ErrorKind
 
-    if not pool:
-        raise BadInput("resources.infra: name the SSH node pool, as ssh/<pool>")
-    try:
-        hosts = pool_hosts(home() / POOLS_FILE, pool)
-    except SpecError as e:
-        raise BadInput(str(e)) from None
-    if task.num_nodes > len(hosts):
+    refused = [c for c in plan.candidates if c.error_kind == ErrorKind.INVALID_SPEC.value]
+    if refused:
+        c = refused[0]
+        msg = f"{c.infra}: {c.error}"
         raise BadInput(
-            f"num_nodes: {task.num_nodes} nodes asked, SSH node pool {pool!r} has "
-            f"{len(hosts)} host(s) ({home() / POOLS_FILE})"
+            flag_error(c.error_field, msg, given) or f"{c.error_field or 'resources'}: {msg}"
         )
+    if all(not c.offers for c in plan.candidates):
+        lines = [
+            f"  {c.infra}: {c.error_field + ': ' if c.error_field else ''}{c.error or 'no offer'}"
+            for c in plan.candidates
+        ]
+        raise BadInput("no infra can run this task as asked:\n" + "\n".join(lines))
+    return [f"{c.infra}: {c.error}" for c in plan.candidates if not c.offers]
 
 
 def _autostop(task: Task, idle: int | None, down: bool) -> AutostopConfig | None:
@@ -119,6 +187,15 @@ def _autostop(task: Task, idle: int | None, down: bool) -> AutostopConfig | None
     if a is not None and a.enabled:
         return AutostopConfig(idle_minutes=a.idle_minutes, down=a.down)
     return None
+
+
+def given_fields(overrides: dict[str, Any]) -> set[str]:
+    """Task fields set by flags (for naming the flag in an error)."""
+    out = set()
+    for key, value in overrides.items():
+        if value is not None:
+            out.add(f"resources.{key}" if key in _RESOURCE_FLAGS else key)
+    return out
 
 
 def launch(
@@ -133,11 +210,11 @@ def launch(
     secrets: dict[str, str],
     idle: int | None,
     down: bool,
+    given: set[str] | None = None,
 ) -> None:
     from skyloom.spec.capabilities import gaps
 
-    infra = _infra(task)
-    found = gaps(task, infra)
+    found = gaps(task)
     blocking = [g for g in found if g.blocking]
     if blocking:
         raise BadInput(
@@ -146,23 +223,37 @@ def launch(
     for g in found:
         click.echo(f"Note: {g.field}: {g.why}", err=True)
     _check_local_paths(task, base_dir)
-    _check_ssh_pool(infra, task)
-    name = cluster or f"sky-{_secrets.token_hex(2)}-{user()}"
+    name = check_name(cluster, "-c/--cluster") if cluster else f"sky-{_secrets.token_hex(2)}"
+    candidates, ordered = candidates_of(task)
     autostop = _autostop(task, idle, down)
     job = job_spec_from_task(task, base_dir=base_dir, envs=envs, secrets=secrets)
-    click.echo(render.plan(name, infra, task, autostop))
-    if dryrun:
-        click.echo("Dry run: nothing started.")
-        return
-    if not yes and sys.stdin.isatty():
-        click.confirm(f"Launch on cluster {name!r}?", default=True, abort=True)
 
     async def go(sky: SkyloomClient) -> int:
+        session = sky.session()
+        try:
+            existing = await sky.try_describe(name)
+            plan = None
+            if existing is None or existing.status is ClusterStatus.TERMINATED:
+                # The workers say where this can run (and refuse what never can) before
+                # anything starts: pools, node limits and GPUs are theirs to know.
+                plan = await session.plan(
+                    PlanInput(cluster=name, num_nodes=task.num_nodes, candidates=candidates)
+                )
+                for note in check_plan(plan, given or set()):
+                    click.echo(f"Note: {note}", err=True)
+        finally:
+            await session.close()
+        click.echo(render.plan(name, task, autostop, plan, ordered, existing))
+        if dryrun:
+            click.echo("Dry run: nothing started.")
+            return 0
+        if not yes and sys.stdin.isatty():
+            click.confirm(f"Launch on cluster {name!r}?", default=True, abort=True)
         job_id, created = await sky.launch(
             name,
-            infra=infra,
+            candidates=candidates,
+            ordered=ordered,
             num_nodes=task.num_nodes,
-            resources=task.resources.candidates()[0].model_dump(mode="json", exclude_none=True),
             job=job,
             autostop=autostop,
         )
@@ -314,22 +405,32 @@ def autostop(cluster: str, idle: int | None, down: bool) -> None:
 
 
 def check(*, as_json: bool) -> None:
-    """Asks each provider, from this machine, whether it can be used (SSH: every host of
-    every pool is probed in parallel)."""
-    from dataclasses import asdict
+    """Asks a worker whether each infra can be used from where the work runs (SSH: every
+    host of every pool is probed in parallel there)."""
 
-    from skyloom.client.config import home
+    async def go(sky: SkyloomClient) -> CheckReport:
+        session = sky.session()
+        try:
+            return await session.check()
+        finally:
+            await session.close()
+
+    report = run_with_client(go)
     from skyloom.spec.capabilities import SUPPORTED_INFRA
     from skyloom.spec.models import CLOUDS
-    from skyloom.worker.providers import build_providers
 
-    providers = build_providers(home())
-    results = [r for name in providers.names() for r in providers.get(name).check()]
     others = [c for c in CLOUDS if c not in SUPPORTED_INFRA]
     if as_json:
-        _echo_json({"infras": [asdict(r) for r in results], "not_supported_yet": others})
+        _echo_json(
+            {
+                "worker": report.worker,
+                "infras": [r.model_dump(mode="json") for r in report.results],
+                "not_supported_yet": others,
+            }
+        )
         return
-    for r in results:
+    click.echo(f"Checked by worker {report.worker}:")
+    for r in report.results:
         mark = "enabled" if r.enabled else "disabled"
         click.echo(f"  {r.infra}: {mark}" + (f" ({r.reason})" if r.reason else ""))
         for line in r.details:

@@ -8,33 +8,40 @@ from pathlib import Path
 from typing import Any
 
 import click
-from skyloom.activities.models import ClusterHandle, NodeInfo, Phase, log_path
+from skyloom.activities.models import ClusterHandle, NodeInfo, Phase, PlanInput
 from skyloom.cli import render
 from skyloom.cli.commands import (
     _check_local_paths,
-    _check_ssh_pool,
-    _infra,
     apply_overrides,
+    candidates_of,
+    check_name,
+    check_plan,
+    given_fields,
 )
-from skyloom.cli.main import EXIT_BAD_INPUT, EXIT_FAILED, BadInput, _echo_json, run_with_client
-from skyloom.client.api import SkyloomClient, job_spec_from_task
+from skyloom.cli.logs import WAIT_SECONDS, LogReader, until_done
+from skyloom.cli.main import EXIT_FAILED, BadInput, _echo_json, run_with_client
+from skyloom.client.api import SkyloomClient, WorkerSession, job_spec_from_task
 from skyloom.spec.loader import SpecError, load_task_file
 from skyloom.spec.models import Task
 from skyloom.workflows.models import (
     MANAGED_JOB_ON_CLUSTER,
-    Candidate,
     ManagedJobStatus,
     ManagedJobView,
     ManagedTask,
     managed_job_workflow_id,
 )
+from skyloom.workflows.policies import failover_table
 from skyloom.workflows.recovery import RecoveryPolicy, Strategy
 
 POLL_SECONDS = 0.5
 
 
 def load(
-    yaml_path: str | None, entrypoint: tuple[str, ...], overrides: dict[str, Any]
+    yaml_path: str | None,
+    entrypoint: tuple[str, ...],
+    overrides: dict[str, Any],
+    envs: dict[str, str] | None = None,
+    secrets: dict[str, str] | None = None,
 ) -> tuple[str | None, list[Task], Path]:
     """(pipeline name, tasks, base dir) from a YAML (one task or a pipeline) or a command."""
     if yaml_path and not Path(yaml_path).exists() and not yaml_path.endswith((".yaml", ".yml")):
@@ -43,16 +50,21 @@ def load(
         if entrypoint:
             raise BadInput(f"give either a task YAML or a command, not both ({yaml_path})")
         try:
-            pipeline = load_task_file(yaml_path)
+            pipeline = load_task_file(yaml_path, envs, secrets)
         except SpecError as e:
             raise BadInput(str(e)) from None
+        if pipeline.execution == "parallel":
+            raise BadInput(
+                f"{yaml_path}: execution: parallel (a job group) is not supported yet; "
+                "a pipeline without it runs its tasks in order"
+            )
         tasks, name = pipeline.tasks, pipeline.name
         base = Path(yaml_path).resolve().parent
     else:
         if not entrypoint:
             raise BadInput("give a task YAML or a command")
         tasks, name, base = [Task(run=" ".join(entrypoint))], None, Path.cwd()
-    return name, [apply_overrides(t, overrides) for t in tasks], base
+    return name, [apply_overrides(t, overrides, envs, secrets) for t in tasks], base
 
 
 def _recovery(task: Task) -> RecoveryPolicy:
@@ -66,26 +78,20 @@ def _recovery(task: Task) -> RecoveryPolicy:
     )
 
 
-def _managed_task(task: Task, base: Path, envs: dict[str, str], secrets: dict[str, str]):
+def _managed_task(
+    task: Task, base: Path, envs: dict[str, str], secrets: dict[str, str]
+) -> ManagedTask:
     from skyloom.spec.capabilities import gaps
 
-    infra = _infra(task)
-    blocking = [g for g in gaps(task, infra) if g.blocking]
+    blocking = [g for g in gaps(task) if g.blocking]
     if blocking:
         raise BadInput(
             "not supported yet:\n" + "\n".join(f"  {g.field}: {g.why}" for g in blocking)
         )
     _check_local_paths(task, base)
-    candidates = []
-    for cand in task.resources.candidates():
-        cloud, region, _ = cand.placement()
-        where = cand.infra or "/".join(x for x in (cloud, region) if x) or "local"
-        _check_ssh_pool(where, task)
-        candidates.append(
-            Candidate(infra=where, resources=cand.model_dump(mode="json", exclude_none=True))
-        )
+    candidates, ordered = candidates_of(task)
     spec = job_spec_from_task(task, base_dir=base, envs=envs, secrets=secrets)
-    return ManagedTask(spec=spec, candidates=candidates)
+    return ManagedTask(spec=spec, candidates=candidates, ordered=ordered)
 
 
 def launch(
@@ -99,9 +105,13 @@ def launch(
     envs: dict[str, str],
     secrets: dict[str, str],
 ) -> None:
-    pipeline_name, tasks, base = load(yaml_path, entrypoint, overrides)
+    pipeline_name, tasks, base = load(yaml_path, entrypoint, overrides, envs, secrets)
     managed = [_managed_task(t, base, envs, secrets) for t in tasks]
-    job_name = name or pipeline_name or tasks[0].name or "managed-job"
+    if name is not None:
+        job_name = check_name(name, "-n/--name")
+    else:
+        job_name = pipeline_name or tasks[0].name or "managed-job"
+        check_name(job_name, "name (of the task, used as the job's; or give -n NAME)")
     recovery = _recovery(tasks[0])
     where = ", ".join(c.infra for c in managed[0].candidates)
     spot = " (spot)" if tasks[0].resources.use_spot else ""
@@ -109,10 +119,26 @@ def launch(
         f"Managed job {job_name!r}: {len(tasks)} task(s), on {where}{spot}, "
         f"recovery {recovery.strategy.value}"
     )
-    if not yes and sys.stdin.isatty():
-        click.confirm("Launch?", default=True, abort=True)
 
     async def go(sky: SkyloomClient) -> int:
+        session = sky.session()
+        try:
+            # The workers refuse what can never run (unknown pool, too many nodes) before
+            # anything starts; each task is planned as its own cluster would be.
+            for i, mt in enumerate(managed):
+                plan = await session.plan(
+                    PlanInput(
+                        cluster=f"job-plan-{i}",
+                        num_nodes=mt.spec.num_nodes,
+                        candidates=mt.candidates,
+                    )
+                )
+                for note in check_plan(plan, given_fields(overrides)):
+                    click.echo(f"Note: {note}", err=True)
+        finally:
+            await session.close()
+        if not yes and sys.stdin.isatty():
+            click.confirm("Launch?", default=True, abort=True)
         job_id = await sky.launch_managed(job_name, managed, recovery)
         click.echo(f"Managed job {job_id} submitted.")
         link = sky.ui_link(managed_job_workflow_id(job_id))
@@ -130,18 +156,28 @@ async def follow(
     sky: SkyloomClient, job_id: int, *, follow_logs: bool, rank: int = 0
 ) -> ManagedJobView:
     """Print the job's output on node `rank` as it comes, attempt after attempt, and its
-    state changes, until it ends; then return its last view."""
-    from skyloom.client.config import home
-    from skyloom.worker.providers import build_providers
-    from temporalio.exceptions import ApplicationError
+    state changes, until it ends; then return its last view. Logs are read by workers."""
+    session = sky.session()
+    try:
+        return await _follow(sky, session, job_id, follow_logs, rank)
+    finally:
+        await session.close()
 
-    providers = build_providers(home())
+
+async def _follow(
+    sky: SkyloomClient, session: WorkerSession, job_id: int, follow_logs: bool, rank: int
+) -> ManagedJobView:
+    reader = LogReader(session)
     out = sys.stdout.buffer
-    offsets: dict[tuple[str, str], int] = {}
     last_status = None
-    saved = home() / "job_logs" / str(job_id)
+    attempts_shown: list = []
     while True:
         view = await sky.describe_managed(job_id)
+        # Each placement that gave no nodes, as it happens (the failover table).
+        for tried in view.launch_attempts:
+            if tried not in attempts_shown:
+                click.echo(f"(no nodes from {failover_table([tried]).strip()})", err=True)
+                attempts_shown.append(tried)
         if view.status != last_status:
             click.echo(f"(job {job_id}: {view.status.value}"
                        + (f", {view.reason}" if view.reason and view.status.terminal else "")
@@ -149,29 +185,41 @@ async def follow(
             last_status = view.status
         handle = view.handle
         if follow_logs and handle is not None and not view.status.terminal:
-            node = _node(handle, rank, job_id)
-            runner = providers.get(handle.infra).runner(node)
-            for phase in (Phase.SETUP, Phase.RUN):
-                key = (handle.cluster, phase.value)
-                path = log_path(node, MANAGED_JOB_ON_CLUSTER, phase)
-                try:
-                    data = await asyncio.to_thread(runner.read_file, path, offsets.get(key, 0))
-                except ApplicationError:
-                    break
-                offsets[key] = offsets.get(key, 0) + len(data)
+            _node(handle, rank, job_id)
+            # Setup's log while starting; once running, setup's is final: read it once
+            # more, then long-poll the run's until the job's state moves on.
+            running = view.status is ManagedJobStatus.RUNNING
+            phases = [Phase.SETUP, Phase.RUN] if running else [Phase.SETUP]
+            for phase in phases:
+                live = phase is Phase.RUN or not running
+                read = reader.read(
+                    handle.cluster,
+                    phase,
+                    handle=handle,
+                    job_id=MANAGED_JOB_ON_CLUSTER,
+                    rank=rank,
+                    wait=WAIT_SECONDS if live else 0.0,
+                )
+
+                async def moved_on(seen: ManagedJobView = view) -> bool:
+                    now = await sky.describe_managed(job_id)
+                    return now.status is not seen.status or now.cluster != seen.cluster
+
+                data, _ = await until_done(read, moved_on) if live else (await read, False)
                 if data:
                     out.write(data)
                     out.flush()
         if view.status.terminal:
-            # The last attempt's tail, from the copy kept when its cluster went away.
+            # The last attempt's tail, from the copy the worker kept when its cluster went.
             if follow_logs and view.cluster:
-                attempt = view.cluster.rsplit("-", 1)[-1]
-                log = saved / attempt / f"run-rank{rank}.log"
-                key = (view.cluster, "run")
-                if log.exists():
-                    data = log.read_bytes()[offsets.get(key, 0) :]
-                    out.write(data)
-                    out.flush()
+                number = view.cluster.rsplit("-", 1)[-1]
+                for phase in (Phase.SETUP, Phase.RUN):
+                    data = await reader.read(
+                        view.cluster, phase, rank=rank, saved=f"{job_id}/{number}"
+                    )
+                    if data:
+                        out.write(data)
+                        out.flush()
             return view
         await asyncio.sleep(POLL_SECONDS)
 
@@ -196,8 +244,6 @@ def queue(*, as_json: bool, skip_finished: bool) -> None:
 
 
 def logs(job_id: int, *, follow_: bool, rank: int = 0) -> None:
-    from skyloom.client.config import home
-
     async def go(sky: SkyloomClient) -> int:
         view = await sky.describe_managed(job_id)
         if view.handle is not None:
@@ -205,18 +251,38 @@ def logs(job_id: int, *, follow_: bool, rank: int = 0) -> None:
         if follow_ and not view.status.terminal:
             view = await follow(sky, job_id, follow_logs=True, rank=rank)
         else:
-            # Saved logs of every attempt, then the live one if the job still runs.
-            root = home() / "job_logs" / str(job_id)
-            for attempt in sorted(root.glob("*"), key=lambda p: int(p.name)):
-                for log in sorted(attempt.glob(f"*-rank{rank}.log")):
-                    sys.stdout.buffer.write(log.read_bytes())
-            sys.stdout.flush()
+            await _print_saved(sky, job_id, view, rank)
             if not view.status.terminal:
                 click.echo(f"(job {job_id} is {view.status.value}; follow it without "
                            "--no-follow)", err=True)  # fmt: skip
         return 0 if not view.status.terminal or view.status.value == "SUCCEEDED" else 1
 
     sys.exit(run_with_client(go))
+
+
+async def _print_saved(sky: SkyloomClient, job_id: int, view: ManagedJobView, rank: int) -> None:
+    """Every attempt's output the worker kept, then the live attempt's so far."""
+    session = sky.session()
+    out = sys.stdout.buffer
+    try:
+        reader = LogReader(session)
+        saved = await session.saved_logs(job_id)
+        for attempt in saved.attempts:
+            for phase in (Phase.SETUP, Phase.RUN):
+                out.write(
+                    await reader.read(str(attempt), phase, rank=rank, saved=f"{job_id}/{attempt}")
+                )
+        live = view.handle
+        if live is not None and not view.status.terminal:
+            for phase in (Phase.SETUP, Phase.RUN):
+                out.write(
+                    await reader.read(
+                        live.cluster, phase, handle=live, job_id=MANAGED_JOB_ON_CLUSTER, rank=rank
+                    )
+                )
+        out.flush()
+    finally:
+        await session.close()
 
 
 def cancel(job_ids: tuple[int, ...], *, all_jobs: bool, yes: bool) -> None:
@@ -244,14 +310,15 @@ def cancel(job_ids: tuple[int, ...], *, all_jobs: bool, yes: bool) -> None:
 
 
 def preempt(cluster: str) -> None:
-    from skyloom.client.config import home
-    from skyloom.worker.providers import build_providers
-    from temporalio.exceptions import ApplicationError
+    """Through a worker: the local infra's nodes are the worker's."""
+    check_name(cluster, "CLUSTER")
 
-    provider = build_providers(home()).get("local")
-    try:
-        provider.preempt(cluster)
-    except ApplicationError as e:
-        click.echo(f"Error: {e.message} (debug preempt works on local-infra clusters)", err=True)
-        sys.exit(EXIT_BAD_INPUT)
+    async def go(sky: SkyloomClient) -> None:
+        session = sky.session()
+        try:
+            await session.preempt(cluster)
+        finally:
+            await session.close()
+
+    run_with_client(go)
     click.echo(f"{cluster}: nodes preempted (processes killed; the provider reports them gone).")

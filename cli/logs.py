@@ -1,24 +1,94 @@
-"""Following a job's output: read the per-node log files while asking the workflow for
-the job's state, until the job ends."""
+"""Following a job's output through the workers: a session reads the node's log files
+(long polls: one request per burst of output) while the CLI asks the workflow for the
+job's state (queries write nothing), until the job ends. The CLI itself never touches a
+node, a key or a pool file."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+from collections.abc import Awaitable, Callable
 
-from skyloom.activities.models import Phase, log_path
-from skyloom.client.api import Rejected, SkyloomClient, node_handle
-from skyloom.client.config import home
-from skyloom.worker.providers import build_providers
-from skyloom.workflows.models import JobView
-from temporalio.exceptions import ApplicationError
+from skyloom.activities.models import ClusterHandle, LogChunk, LogsInput, Phase
+from skyloom.client.api import Rejected, SkyloomClient, WorkerError, WorkerSession
+from skyloom.workflows.models import JobStatus, JobView
+from skyloom.workflows.policies import failover_table
 
 POLL_SECONDS = 0.3
+# A follower's long poll: the worker waits this long for more output before answering.
+WAIT_SECONDS = 5.0
+# Between two reads while output pours out, so bursts are batched into few requests.
+MIN_READ_INTERVAL = 0.5
 
 
 def _tail(data: bytes, n: int) -> bytes:
     lines = data.splitlines(keepends=True)
     return b"".join(lines[-n:]) if n > 0 else b""
+
+
+class LogReader:
+    """Offsets per log, reads through a session, and one warning when a node is out of
+    reach (the job's state still comes from the engine, so following goes on)."""
+
+    def __init__(self, session: WorkerSession) -> None:
+        self.session = session
+        self.offsets: dict[tuple[str, int, str], int] = {}
+        self.warned = False
+
+    async def read(
+        self,
+        key: str,
+        phase: Phase,
+        *,
+        handle: ClusterHandle | None = None,
+        job_id: int = 1,
+        rank: int = 0,
+        saved: str | None = None,
+        wait: float = 0.0,
+    ) -> bytes:
+        k = (key, rank, phase.value)
+        out = b""
+        while True:
+            try:
+                chunk: LogChunk = await self.session.read_logs(
+                    LogsInput(
+                        handle=handle,
+                        job_id=job_id,
+                        rank=rank,
+                        phase=phase,
+                        saved=saved,
+                        offset=self.offsets.get(k, 0),
+                        wait_seconds=wait if not out else 0.0,
+                    )
+                )
+            except WorkerError as e:
+                if not self.warned:
+                    print(f"(cannot read node {rank}'s log: {e})", file=sys.stderr)
+                    self.warned = True
+                return out
+            self.offsets[k] = chunk.offset
+            out += chunk.data
+            if not chunk.more:
+                return out
+
+
+async def until_done(
+    read: Awaitable[bytes], done: Callable[[], Awaitable[bool]]
+) -> tuple[bytes | None, bool]:
+    """Wait for a long-poll read, asking `done` every POLL_SECONDS meanwhile: (the bytes
+    read, or None when the job ended first; whether it ended)."""
+    task = asyncio.ensure_future(read)
+    while True:
+        finished, _ = await asyncio.wait({task}, timeout=POLL_SECONDS)
+        if finished:
+            return task.result(), False
+        if await done():
+            # The worker finishes that read on its own; its bytes are read again below.
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            return None, True
 
 
 async def stream_job(
@@ -31,13 +101,36 @@ async def stream_job(
     rank: int = 0,
 ) -> JobView:
     """Write the job's setup then run output to stdout; return the job as it ended."""
-    providers = build_providers(home())
-    offsets = {Phase.SETUP: 0, Phase.RUN: 0}
-    first = True
-    warned = False
+    session = sky.session()
+    try:
+        return await _stream(sky, session, cluster, job_id, follow, tail, rank)
+    finally:
+        await session.close()
+
+
+async def _stream(
+    sky: SkyloomClient,
+    session: WorkerSession,
+    cluster: str,
+    job_id: int | None,
+    follow: bool,
+    tail: int | None,
+    rank: int,
+) -> JobView:
+    reader = LogReader(session)
     out = sys.stdout.buffer
+    first = True
+    setup_done = False
+    last_read = 0.0
+    attempts_shown = 0
+    loop = asyncio.get_running_loop()
     while True:
         desc = await sky.describe(cluster)
+        # Each placement that gave no nodes, as it happens (the failover table).
+        for attempt in desc.launch_attempts[attempts_shown:]:
+            row = failover_table([attempt]).strip()
+            print(f"(no nodes from {row})", file=sys.stderr)
+        attempts_shown = len(desc.launch_attempts)
         if job_id is None:
             if not desc.jobs:
                 raise Rejected(f"cluster {cluster} has no jobs")
@@ -45,35 +138,58 @@ async def stream_job(
         job = next((j for j in desc.jobs if j.id == job_id), None)
         if job is None:
             raise Rejected(f"cluster {cluster} has no job {job_id}")
+        ended = job.status.terminal or not follow
         if desc.handle is not None and job.started_at is not None:
-            handle = node_handle(desc)
+            handle = desc.handle
             if rank >= len(handle.nodes):
-                raise Rejected(f"cluster {cluster} has no node rank {rank}")
-            node = handle.nodes[rank]
-            runner = providers.get(handle.infra).runner(node)
-            # Read the state first and the files after: output written before the job
-            # ended is then never missed on the last round.
+                raise Rejected(
+                    f"--node-rank {rank}: cluster {cluster} has {len(handle.nodes)} node(s)"
+                )
+            key = f"{cluster}/{job_id}"
             chunk = b""
-            for phase in (Phase.SETUP, Phase.RUN):
-                try:
-                    data = await asyncio.to_thread(
-                        runner.read_file, log_path(node, job.id, phase), offsets[phase]
-                    )
-                except ApplicationError as e:
-                    # The node is out of reach from here; the job's state still comes
-                    # from the engine, so keep following and say so once.
-                    if not warned:
-                        print(f"(cannot read node {rank}'s log: {e.message})", file=sys.stderr)
-                        warned = True
-                    break
-                offsets[phase] += len(data)
-                chunk += data
+            if not setup_done:
+                # Setup first; once the job runs, setup's log is final: read it once more.
+                live = job.status is JobStatus.SETTING_UP and not ended
+                chunk += await _read(reader, key, Phase.SETUP, handle, job_id, rank, live, sky)
+                setup_done = not live
+            if setup_done:
+                chunk += await _read(reader, key, Phase.RUN, handle, job_id, rank, not ended, sky)
             if first and tail is not None:
                 chunk = _tail(chunk, tail)
             first = False
             if chunk:
                 out.write(chunk)
                 out.flush()
-        if job.status.terminal or not follow:
+            last_read = loop.time()
+        if ended:
             return job
-        await asyncio.sleep(POLL_SECONDS)
+        await asyncio.sleep(max(POLL_SECONDS, MIN_READ_INTERVAL - (loop.time() - last_read)))
+
+
+async def _read(
+    reader: LogReader,
+    key: str,
+    phase: Phase,
+    handle: ClusterHandle,
+    job_id: int,
+    rank: int,
+    live: bool,
+    sky: SkyloomClient,
+) -> bytes:
+    """One read; while the phase is live, a long poll that gives up when the job's state
+    moves on (the state is read again by the caller, then the rest of the log)."""
+    if not live:
+        return await reader.read(key, phase, handle=handle, job_id=job_id, rank=rank)
+    cluster = handle.cluster
+
+    async def moved_on() -> bool:
+        d = await sky.describe(cluster)
+        j = next((j for j in d.jobs if j.id == job_id), None)
+        want = JobStatus.SETTING_UP if phase is Phase.SETUP else JobStatus.RUNNING
+        return j is None or j.status is not want
+
+    data, _ = await until_done(
+        reader.read(key, phase, handle=handle, job_id=job_id, rank=rank, wait=WAIT_SECONDS),
+        moved_on,
+    )
+    return data or b""

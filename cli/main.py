@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from skyloom.client.api import SkyloomClient
-    from skyloom.spec.models import Task
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_ENGINE = 1, 2, 3
 
@@ -36,7 +35,14 @@ def run_with_client(fn: Callable[[SkyloomClient], Awaitable[Any]]) -> Any:
     """Connect (starting the embedded engine if needed) and run fn; map errors to exits."""
     import asyncio
 
-    from skyloom.client.api import ClusterNotFound, JobNotFound, Rejected, SkyloomClient
+    from skyloom.activities.errors import ErrorKind
+    from skyloom.client.api import (
+        ClusterNotFound,
+        JobNotFound,
+        Rejected,
+        SkyloomClient,
+        WorkerError,
+    )
     from skyloom.client.connection import EngineUnreachable, connect, resolve_target
 
     async def go() -> Any:
@@ -49,6 +55,9 @@ def run_with_client(fn: Callable[[SkyloomClient], Awaitable[Any]]) -> Any:
         _fail(str(e), EXIT_ENGINE)
     except (ClusterNotFound, JobNotFound, Rejected) as e:
         _fail(str(e), EXIT_BAD_INPUT)
+    except WorkerError as e:
+        bad = e.kind in (ErrorKind.INVALID_SPEC.value, ErrorKind.NOT_SUPPORTED.value)
+        _fail(str(e), EXIT_BAD_INPUT if bad else EXIT_FAILED)
     except KeyboardInterrupt:
         _fail("interrupted (the workflow goes on; see `skyloom status`)", 130)
 
@@ -68,21 +77,6 @@ def _pairs(values: tuple[str, ...], flag: str, from_env: bool = False) -> dict[s
             val = os.environ[key]
         out[key] = val
     return out
-
-
-def _load_task(path: str) -> Task:
-    from skyloom.spec.loader import SpecError, load_task_file
-
-    try:
-        pipeline = load_task_file(path)
-    except SpecError as e:
-        raise BadInput(str(e)) from None
-    if len(pipeline.tasks) > 1:
-        raise BadInput(
-            f"{path}: a pipeline of {len(pipeline.tasks)} tasks runs as a managed "
-            "job (`skyloom jobs launch`), not on a cluster"
-        )
-    return pipeline.tasks[0]
 
 
 def _output_option(f: Callable) -> Callable:
@@ -120,13 +114,17 @@ def cli() -> None:
 @click.option("--gpus", help="Accelerators per node, e.g. A100:8.")
 @click.option("--cpus", help="vCPUs per node, e.g. 4 or 4+.")
 @click.option("--memory", help="Memory per node in GB, e.g. 32 or 32+.")
-@click.option("--num-nodes", type=int, help="Number of nodes.")
+@click.option("--num-nodes", type=click.IntRange(min=1), help="Number of nodes.")
 @click.option("--use-spot/--no-use-spot", default=None, help="Use spot instances.")
 @click.option("--env", "envs", multiple=True, help="KEY=VALUE (or KEY from the environment).")
 @click.option("--secret", "secrets", multiple=True, help="KEY=VALUE secret, never displayed.")
 @click.option("--workdir", help="Local directory synced to the nodes.")
 @click.option(
-    "-i", "--idle-minutes-to-autostop", "idle", type=int, help="Autostop after idle minutes."
+    "-i",
+    "--idle-minutes-to-autostop",
+    "idle",
+    type=click.IntRange(min=0),
+    help="Autostop after idle minutes.",
 )
 @click.option("--down", is_flag=True, help="Tear down (not stop) when idle; alone: after the job.")
 @click.option("--name", "task_name", help="Task name.")
@@ -154,19 +152,19 @@ def launch(
     """Launch a cluster and run a task on it (TASK_YAML or a command)."""
     from skyloom.cli import commands
 
+    overrides = dict(
+        name=task_name,
+        infra=infra,
+        accelerators=gpus,
+        cpus=cpus,
+        memory=memory,
+        num_nodes=num_nodes,
+        use_spot=use_spot,
+        workdir=workdir,
+    )
+    env_pairs, secret_pairs = _pairs(envs, "--env", True), _pairs(secrets, "--secret", True)
     task, base_dir = commands.task_from_args(
-        task_yaml,
-        entrypoint,
-        dict(
-            name=task_name,
-            infra=infra,
-            accelerators=gpus,
-            cpus=cpus,
-            memory=memory,
-            num_nodes=num_nodes,
-            use_spot=use_spot,
-            workdir=workdir,
-        ),
+        task_yaml, entrypoint, overrides, env_pairs, secret_pairs
     )
     commands.launch(
         task,
@@ -175,10 +173,11 @@ def launch(
         detach=detach,
         dryrun=dryrun,
         yes=yes,
-        envs=_pairs(envs, "--env", True),
-        secrets=_pairs(secrets, "--secret", True),
+        envs=env_pairs,
+        secrets=secret_pairs,
         idle=idle,
         down=down,
+        given=commands.given_fields(overrides),
     )
 
 
@@ -188,7 +187,9 @@ def launch(
 @click.option("-d", "--detach-run", "detach", is_flag=True, help="Return once the job is queued.")
 @click.option("--env", "envs", multiple=True, help="KEY=VALUE (or KEY from the environment).")
 @click.option("--secret", "secrets", multiple=True, help="KEY=VALUE secret.")
-@click.option("--num-nodes", type=int, help="Nodes to run on (default: the task's).")
+@click.option(
+    "--num-nodes", type=click.IntRange(min=1), help="Nodes to run on (default: the task's)."
+)
 @click.option("--name", "task_name", help="Job name.")
 def exec_(
     cluster: str,
@@ -204,17 +205,15 @@ def exec_(
 
     first = task_or_command[0]
     yaml_path = first if len(task_or_command) == 1 and first.endswith((".yaml", ".yml")) else None
+    env_pairs, secret_pairs = _pairs(envs, "--env", True), _pairs(secrets, "--secret", True)
     task, base_dir = commands.task_from_args(
-        yaml_path, () if yaml_path else task_or_command, dict(name=task_name, num_nodes=num_nodes)
+        yaml_path,
+        () if yaml_path else task_or_command,
+        dict(name=task_name, num_nodes=num_nodes),
+        env_pairs,
+        secret_pairs,
     )
-    commands.exec_job(
-        task,
-        base_dir,
-        cluster,
-        detach=detach,
-        envs=_pairs(envs, "--env", True),
-        secrets=_pairs(secrets, "--secret", True),
-    )
+    commands.exec_job(task, base_dir, cluster, detach=detach, envs=env_pairs, secrets=secret_pairs)
 
 
 # ---- status / queue / logs / cancel ---------------------------------------------------------
@@ -367,7 +366,7 @@ def jobs() -> None:
 @click.option("-y", "--yes", is_flag=True, help="Skip confirmation.")
 @click.option("--infra", help="Where to run: local (default), ssh/<pool>, aws[/region], ...")
 @click.option("--gpus", help="Accelerators per node, e.g. A100:8.")
-@click.option("--num-nodes", type=int, help="Number of nodes.")
+@click.option("--num-nodes", type=click.IntRange(min=1), help="Number of nodes.")
 @click.option("--use-spot/--no-use-spot", default=None, help="Use spot instances.")
 @click.option(
     "--job-recovery",

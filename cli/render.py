@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from skyloom.activities.models import PlanResult
 from skyloom.spec.models import Task
-from skyloom.workflows.models import AutostopConfig
+from skyloom.workflows.models import AutostopConfig, ClusterDescription
+from skyloom.workflows.policies import order_placements
 
 
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
@@ -32,7 +34,16 @@ def _ago(ts: Any) -> str:
     return f"{secs}s ago"
 
 
-def plan(name: str, infra: str, task: Task, autostop: AutostopConfig | None) -> str:
+def plan(
+    name: str,
+    task: Task,
+    autostop: AutostopConfig | None,
+    result: PlanResult | None,
+    ordered: bool,
+    existing: ClusterDescription | None = None,
+) -> str:
+    """What the launch will do: the cluster, and the placements in the order they will be
+    tried (the first that has capacity wins)."""
     r = task.resources
     parts = [f"{task.num_nodes} node{'s' if task.num_nodes > 1 else ''}"]
     if r.cpus is not None:
@@ -45,7 +56,22 @@ def plan(name: str, infra: str, task: Task, autostop: AutostopConfig | None) -> 
     if autostop and autostop.idle_minutes is not None:
         action = "down" if autostop.down else "stop"
         stop = f"; autostop: {action} after {autostop.idle_minutes} idle min"
-    return f"Cluster {name} on {infra}: {', '.join(parts)}{stop}"
+    if existing is not None and result is None:
+        where = f"existing cluster on {existing.infra} ({existing.status.value})"
+        return f"Cluster {name}: {where}{stop}"
+    lines = [f"Cluster {name}: {', '.join(parts)}{stop}"]
+    if result is not None:
+        placements, _ = order_placements(result, ordered)
+        if len(placements) > 1:
+            lines.append("Placements, tried in this order until one has capacity:")
+        for i, p in enumerate(placements, 1):
+            o = p.offer
+            what = [o.instance_type or "", "spot" if o.spot else ""]
+            gpus = ",".join(f"{k}:{v:g}" for k, v in o.accelerators.items())
+            extra = " ".join(x for x in (*what, gpus) if x)
+            cost = f"${o.price_per_hour * task.num_nodes:.2f}/h"
+            lines.append(f"  {i}. {o.where}" + (f" {extra}" if extra else "") + f"  {cost}")
+    return "\n".join(lines)
 
 
 def managed_jobs_summary(counts: dict[str, int]) -> None:

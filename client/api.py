@@ -7,20 +7,39 @@ here decides anything about a cluster's lifecycle.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
-from skyloom.activities.models import ClusterHandle
+from skyloom.activities.errors import kind_of, message_of, where_of
+from skyloom.activities.models import (
+    Candidate,
+    CheckInput,
+    CheckReport,
+    ClusterHandle,
+    LogChunk,
+    LogsInput,
+    PlanInput,
+    PlanResult,
+    SavedLogs,
+    SavedLogsInput,
+)
 from skyloom.client.config import EngineTarget, user
 from skyloom.spec.models import Task
 from skyloom.workflows import search
 from skyloom.workflows.models import (
+    ALLOCATE_UPDATE,
     CANCEL_SIGNAL,
+    CLOSE_SIGNAL,
     CLUSTER_WORKFLOW,
+    DESCRIBE_QUERY,
     JOB_IDS_WORKFLOW,
     JOB_IDS_WORKFLOW_ID,
     MANAGED_JOB_WORKFLOW,
+    SESSION_WORKFLOW,
     TASK_QUEUE,
     AutostopConfig,
     AutostopInput,
@@ -29,12 +48,16 @@ from skyloom.workflows.models import (
     ClusterDescription,
     ClusterInput,
     ClusterStatus,
+    ClusterUpdate,
     DownInput,
     JobSpec,
     ManagedJobInput,
     ManagedJobStatus,
     ManagedJobView,
     ManagedTask,
+    PreemptRequest,
+    SessionInput,
+    SessionUpdate,
     StartInput,
     StopInput,
     SubmitJobInput,
@@ -43,13 +66,23 @@ from skyloom.workflows.models import (
     managed_job_workflow_id,
 )
 from skyloom.workflows.recovery import RecoveryPolicy
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
 )
 from temporalio.service import RPCError, RPCStatusCode
+
+R = TypeVar("R")
+
+# How long a client waits for a worker to take a session's request before saying so.
+WORKER_WAIT_SECONDS = 90.0
 
 
 class ClusterNotFound(LookupError):
@@ -62,6 +95,90 @@ class JobNotFound(LookupError):
 
 class Rejected(ValueError):
     """The workflow refused the request (for example: exec on a stopped cluster)."""
+
+
+class WorkerError(RuntimeError):
+    """A worker could not do what a session asked; `kind` is the activity error's kind
+    (ErrorKind value), `field` the input it is about, when known."""
+
+    def __init__(self, message: str, kind: str | None = None, field: str | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.field = field
+
+
+class WorkerSession:
+    """What only workers can do, asked through the engine: read logs, check infra, plan a
+    launch, simulate a preemption. One session workflow per use, started with its first
+    request (update-with-start: one round trip) and closed at the end."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.id = f"skyloom-session-{uuid.uuid4().hex[:12]}"
+        self.started = False
+
+    async def _ask(self, update: str, arg: object, result_type: type[R]) -> R:
+        try:
+            if self.started:
+                call = self.client.get_workflow_handle(self.id).execute_update(
+                    update, arg, result_type=result_type
+                )
+            else:
+                op: WithStartWorkflowOperation = WithStartWorkflowOperation(
+                    SESSION_WORKFLOW,
+                    SessionInput(),
+                    id=self.id,
+                    task_queue=TASK_QUEUE,
+                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                    search_attributes=TypedSearchAttributes(
+                        [SearchAttributePair(search.SA_KIND, "session")]
+                    ),
+                    static_summary=f"client session of {user()}",
+                )
+                call = self.client.execute_update_with_start_workflow(
+                    update, arg, start_workflow_operation=op, result_type=result_type
+                )
+            result = await asyncio.wait_for(call, WORKER_WAIT_SECONDS)
+            self.started = True
+            return result
+        except TimeoutError:
+            raise WorkerError(
+                f"no worker answered within {WORKER_WAIT_SECONDS:.0f}s (is `skyloom worker` "
+                f"running on task queue {TASK_QUEUE!r}?)"
+            ) from None
+        except WorkflowUpdateFailedError as e:
+            cause = e.cause
+            raise WorkerError(
+                message_of(cause) if cause else str(e),
+                str(kind_of(cause)) if cause and kind_of(cause) else None,
+                where_of(cause).field if cause else None,
+            ) from e
+
+    async def plan(self, inp: PlanInput) -> PlanResult:
+        return await self._ask(SessionUpdate.PLAN, inp, PlanResult)
+
+    async def check(self) -> CheckReport:
+        return await self._ask(SessionUpdate.CHECK, CheckInput(), CheckReport)
+
+    async def preempt(self, cluster: str, infra: str = "local") -> None:
+        await self._ask(
+            SessionUpdate.PREEMPT, PreemptRequest(cluster=cluster, infra=infra), type(None)
+        )
+
+    async def read_logs(self, inp: LogsInput) -> LogChunk:
+        return await self._ask(SessionUpdate.READ_LOGS, inp, LogChunk)
+
+    async def saved_logs(self, managed_job_id: int) -> SavedLogs:
+        return await self._ask(
+            SessionUpdate.SAVED_LOGS, SavedLogsInput(managed_job_id=managed_job_id), SavedLogs
+        )
+
+    async def close(self) -> None:
+        if not self.started:
+            return
+        # It may have ended on its own (idle): nothing to close then.
+        with contextlib.suppress(RPCError):
+            await self.client.get_workflow_handle(self.id).signal(CLOSE_SIGNAL)
 
 
 @dataclass
@@ -139,30 +256,35 @@ class SkyloomClient:
 
     # -- clusters ------------------------------------------------------------------------
 
+    def session(self) -> WorkerSession:
+        return WorkerSession(self.client)
+
     async def launch(
         self,
         name: str,
         *,
-        infra: str,
+        candidates: list[Candidate],
+        ordered: bool = False,
         num_nodes: int,
-        resources: dict,
         job: JobSpec,
         autostop: AutostopConfig | None = None,
-        poll_seconds: float = 1.0,
     ) -> tuple[int, bool]:
         """Start the cluster workflow if needed, then submit the job: (job id, created)."""
         wid = cluster_workflow_id(name)
         existing = await self.try_describe(name)
         if existing is None or existing.status is ClusterStatus.TERMINATED:
+            first = candidates[0]
             inp = ClusterInput(
                 name=name,
-                infra=infra,
+                infra=first.infra,
                 num_nodes=num_nodes,
-                resources=resources,
+                resources=first.resources,
+                candidates=candidates,
+                ordered=ordered,
                 autostop=autostop or AutostopConfig(),
                 user=user(),
-                poll_seconds=poll_seconds,
             )
+            nodes = f"{num_nodes} node{'s' if num_nodes > 1 else ''}"
             await self.client.start_workflow(
                 CLUSTER_WORKFLOW,
                 inp,
@@ -170,9 +292,11 @@ class SkyloomClient:
                 task_queue=TASK_QUEUE,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 search_attributes=_search_attributes(
-                    "cluster", name, ClusterStatus.INIT.value, infra
+                    "cluster", name, ClusterStatus.INIT.value, first.infra
                 ),
-                memo={"num_nodes": num_nodes, "resources": resources},
+                memo={"num_nodes": num_nodes, "resources": first.resources},
+                static_summary=f"cluster {name}: {nodes} on "
+                + " or ".join(c.infra for c in candidates),
             )
             created = True
         else:
@@ -181,12 +305,16 @@ class SkyloomClient:
                 await self.start(name)
             if autostop is not None and autostop.idle_minutes is not None:
                 await self.autostop(name, autostop.idle_minutes, autostop.down)
-        result = await self._update(name, "submit_job", SubmitJobInput(spec=job), SubmitJobResult)
+        result = await self._update(
+            name, ClusterUpdate.SUBMIT_JOB, SubmitJobInput(spec=job), SubmitJobResult
+        )
         assert isinstance(result, SubmitJobResult)
         return result.job_id, created
 
     async def exec(self, name: str, job: JobSpec) -> int:
-        result = await self._update(name, "submit_job", SubmitJobInput(spec=job), SubmitJobResult)
+        result = await self._update(
+            name, ClusterUpdate.SUBMIT_JOB, SubmitJobInput(spec=job), SubmitJobResult
+        )
         assert isinstance(result, SubmitJobResult)
         return result.job_id
 
@@ -198,7 +326,7 @@ class SkyloomClient:
 
     async def describe(self, name: str) -> ClusterDescription:
         try:
-            return await self._handle(name).query("describe", result_type=ClusterDescription)
+            return await self._handle(name).query(DESCRIBE_QUERY, result_type=ClusterDescription)
         except RPCError as e:
             if e.status == RPCStatusCode.NOT_FOUND:
                 raise ClusterNotFound(f"cluster {name!r} not found") from e
@@ -229,23 +357,26 @@ class SkyloomClient:
 
     async def cancel(self, name: str, job_ids: list[int], all_jobs: bool = False) -> list[int]:
         res = await self._update(
-            name, "cancel_jobs", CancelJobsInput(job_ids=job_ids, all=all_jobs), CancelJobsResult
+            name,
+            ClusterUpdate.CANCEL_JOBS,
+            CancelJobsInput(job_ids=job_ids, all=all_jobs),
+            CancelJobsResult,
         )
         assert isinstance(res, CancelJobsResult)
         return res.cancelled
 
     async def stop(self, name: str) -> ClusterDescription:
-        return await self._lifecycle(name, "stop", StopInput())
+        return await self._lifecycle(name, ClusterUpdate.STOP, StopInput())
 
     async def start(self, name: str) -> ClusterDescription:
-        return await self._lifecycle(name, "start", StartInput())
+        return await self._lifecycle(name, ClusterUpdate.START, StartInput())
 
     async def down(self, name: str, purge: bool = False) -> ClusterDescription:
-        return await self._lifecycle(name, "down", DownInput(purge=purge))
+        return await self._lifecycle(name, ClusterUpdate.DOWN, DownInput(purge=purge))
 
     async def autostop(self, name: str, idle_minutes: int | None, down: bool) -> ClusterDescription:
         return await self._lifecycle(
-            name, "set_autostop", AutostopInput(idle_minutes=idle_minutes, down=down)
+            name, ClusterUpdate.SET_AUTOSTOP, AutostopInput(idle_minutes=idle_minutes, down=down)
         )
 
     async def _lifecycle(self, name: str, update: str, arg: object) -> ClusterDescription:
@@ -262,7 +393,7 @@ class SkyloomClient:
         """The first of `count` new consecutive job ids."""
         handle = self.client.get_workflow_handle(JOB_IDS_WORKFLOW_ID)
         try:
-            return int(await handle.execute_update("allocate", count, result_type=int))
+            return int(await handle.execute_update(ALLOCATE_UPDATE, count, result_type=int))
         except RPCError as e:
             if e.status != RPCStatusCode.NOT_FOUND:
                 raise
@@ -276,7 +407,7 @@ class SkyloomClient:
                 [SearchAttributePair(search.SA_KIND, "job-ids")]
             ),
         )
-        return int(await handle.execute_update("allocate", count, result_type=int))
+        return int(await handle.execute_update(ALLOCATE_UPDATE, count, result_type=int))
 
     async def launch_managed(
         self, name: str, tasks: list[ManagedTask], recovery: RecoveryPolicy
@@ -314,6 +445,7 @@ class SkyloomClient:
                 "job", name, ManagedJobStatus.PENDING.value, infra
             ),
             memo={"recovery_count": 0, "cluster": None, "infra": infra, "reason": None},
+            static_summary=f"managed job {job_id} ({name}): {len(tasks)} task(s) on {infra}",
         )
 
     async def list_managed(self) -> list[dict]:
@@ -357,7 +489,7 @@ class SkyloomClient:
     async def describe_managed(self, job_id: int) -> ManagedJobView:
         try:
             handle = self.client.get_workflow_handle(managed_job_workflow_id(job_id))
-            return await handle.query("describe", result_type=ManagedJobView)
+            return await handle.query(DESCRIBE_QUERY, result_type=ManagedJobView)
         except RPCError as e:
             if e.status == RPCStatusCode.NOT_FOUND:
                 raise JobNotFound(f"managed job {job_id} not found") from e

@@ -1,8 +1,10 @@
 """Secrets never sit in workflow history in the clear.
 
 A payload codec on every client and worker encrypts (AES-256-GCM) each payload that
-carries a non-empty `secrets` mapping: job specs and phase inputs with secrets. All other
-payloads stay plain JSON, so the web UI still shows clusters and jobs in full.
+carries a non-empty `secrets` mapping (job specs and phase inputs with secrets) or log
+bytes (`log_data`: a job's output may print anything, and logs reach a remote CLI
+through a session workflow's history). All other payloads stay plain JSON, so the web UI
+still shows clusters and jobs in full.
 
 The key is $SKYLOOM_SECRETS_KEY (urlsafe base64 of 32 bytes), which every worker and
 client of a shared engine must have; without it, a key file in the state dir, created on
@@ -23,7 +25,7 @@ from temporalio.converter import PayloadCodec
 
 ENCODING = b"binary/skyloom-aesgcm"
 KEY_ENV = "SKYLOOM_SECRETS_KEY"
-_CARRIES_SECRETS = re.compile(rb'"secrets":\{"')
+_CARRIES_SECRETS = re.compile(rb'"secrets":\{"|"log_data":"[^"]')
 
 
 class SecretsKeyError(RuntimeError):

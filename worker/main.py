@@ -8,27 +8,42 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from skyloom.activities.cluster import ClusterActivities
+from skyloom.activities.cluster import ClusterActivities, Providers
+from skyloom.activities.watch import WatchActivities
 from skyloom.client.config import EngineTarget, external_target, home
 from skyloom.client.connection import connect
 from skyloom.worker.providers import build_providers
-from skyloom.worker.watcher import Watcher
+from skyloom.workflows import search
 from skyloom.workflows.cluster import ClusterWorkflow
 from skyloom.workflows.job_ids import JobIdsWorkflow
 from skyloom.workflows.managed_job import ManagedJobWorkflow
-from skyloom.workflows.models import TASK_QUEUE
+from skyloom.workflows.models import (
+    TASK_QUEUE,
+    WATCH_TASK_QUEUE,
+    WatcherInput,
+    watcher_workflow_id,
+)
+from skyloom.workflows.session import SessionWorkflow
+from skyloom.workflows.watch import WatcherWorkflow
+from temporalio.client import Client
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+)
 from temporalio.worker import Worker
 
 log = logging.getLogger("skyloom.worker")
 
-# Activities are blocking (subprocess, SSH): they run in threads. Watchers hold one each
-# for the life of a job phase.
+# Activities are blocking (subprocess, SSH): they run in threads. None waits for a job
+# (phases are watched), so these only bound launches, syncs and log reads in flight.
 MAX_ACTIVITIES = 200
 # Workflows kept in memory between their tasks. One evicted is rebuilt from its history
 # (a sandbox plus a replay) the next time it is woken; a waiting managed job should not
@@ -40,41 +55,75 @@ MAX_CACHED_WORKFLOWS = int(os.environ.get("SKYLOOM_MAX_CACHED_WORKFLOWS", "12000
 MAX_WORKFLOW_TASKS = int(os.environ.get("SKYLOOM_MAX_WORKFLOW_TASKS", "20"))
 
 
+WORKFLOWS = [ClusterWorkflow, ManagedJobWorkflow, JobIdsWorkflow, WatcherWorkflow, SessionWorkflow]
+
+
 async def run_worker(target: EngineTarget, state: Path, ready_file: Path | None = None) -> None:
     client = await connect(target)
     providers = build_providers(state)
     activities = ClusterActivities(
         providers,
-        unreachable_grace=float(os.environ.get("SKYLOOM_UNREACHABLE_GRACE_SECONDS", "60")),
         logs_dir=state / "job_logs",
+        unreachable_grace=float(os.environ.get("SKYLOOM_UNREACHABLE_GRACE_SECONDS", "60")),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # The watchers' sweep interval; 0: this worker runs no watcher (others do).
+    interval = float(os.environ.get("SKYLOOM_WATCH_SECONDS", "1"))
     with ThreadPoolExecutor(max_workers=MAX_ACTIVITIES) as pool:
         worker = Worker(
             client,
             task_queue=TASK_QUEUE,
-            workflows=[ClusterWorkflow, ManagedJobWorkflow, JobIdsWorkflow],
+            workflows=WORKFLOWS,
             activities=activities.all(),
             activity_executor=pool,
             max_concurrent_activities=MAX_ACTIVITIES,
             max_cached_workflows=MAX_CACHED_WORKFLOWS,
             max_concurrent_workflow_tasks=MAX_WORKFLOW_TASKS,
         )
-        async with worker:
-            log.info("worker polling %s on %s (pid %d)", TASK_QUEUE, target.address, os.getpid())
-            if ready_file is not None:
-                ready_file.write_text(str(os.getpid()))
-            # Every waiting managed job is woken by this one loop, not by its own poller.
-            # 0 turns it off on this worker (jobs then rely on their own rare look).
-            interval = float(os.environ.get("SKYLOOM_WATCH_SECONDS", "1"))
-            watcher = Watcher(client, providers, interval=interval)
-            watching = asyncio.create_task(watcher.run(stop)) if interval > 0 else None
-            await stop.wait()
-            if watching is not None:
-                await watching
+        workers = [worker]
+        if interval > 0:
+            watch = WatchActivities(providers, interval=interval)
+            workers.append(
+                Worker(client, task_queue=WATCH_TASK_QUEUE, activities=[watch.watch_provider])
+            )
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                for w in workers:
+                    await stack.enter_async_context(w)
+                await start_watchers(client, providers)
+                log.info(
+                    "worker polling %s on %s (pid %d)", TASK_QUEUE, target.address, os.getpid()
+                )
+                if ready_file is not None:
+                    ready_file.write_text(str(os.getpid()))
+                await stop.wait()
+        finally:
+            for p in providers.all():
+                p.close()
+
+
+async def start_watchers(client: Client, providers: Providers) -> None:
+    """Make sure one watcher workflow runs per watch key of every provider. Every worker
+    asks at start-up; the engine keeps exactly one of each (a second start finds it)."""
+    for provider in providers.all():
+        for key in provider.watch_keys():
+            await client.start_workflow(
+                WatcherWorkflow.run,
+                WatcherInput(key=key),
+                id=watcher_workflow_id(key),
+                task_queue=TASK_QUEUE,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                search_attributes=TypedSearchAttributes(
+                    [
+                        SearchAttributePair(search.SA_KIND, "watcher"),
+                        SearchAttributePair(search.SA_NAME, key),
+                    ]
+                ),
+                static_summary=f"watcher of {key}: tells workflows when their phases end",
+            )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,7 +1,8 @@
 """Activity call profiles shared by the workflows.
 
 Each profile is the timeout and retry contract of one kind of activity; workflows call
-activities by name (so workflow code never imports activity code) through a profile.
+activities through a profile and a typed ref from `skyloom.activities.models` (so
+workflow code never imports activity code, and argument and result types are checked).
 """
 
 from __future__ import annotations
@@ -9,11 +10,15 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar, cast
 
+from skyloom.activities.models import Activity
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.workflow import ActivityCancellationType
+
+I = TypeVar("I")  # noqa: E741
+O = TypeVar("O")  # noqa: E741
 
 
 @dataclass(frozen=True)
@@ -23,16 +28,18 @@ class CallProfile:
     heartbeat: timedelta | None = None
     cancellation: ActivityCancellationType = ActivityCancellationType.TRY_CANCEL
 
-    def run(self, name: str, arg: object, result_type: type | None = None) -> Awaitable[Any]:
-        return workflow.execute_activity(
-            name,
+    def run(self, act: Activity[I, O], arg: I, *, task_queue: str | None = None) -> Awaitable[O]:
+        call: Any = workflow.execute_activity(
+            act.name,
             arg,
-            result_type=result_type,
+            result_type=act.result,
+            task_queue=task_queue,
             start_to_close_timeout=self.start_to_close,
             heartbeat_timeout=self.heartbeat,
             retry_policy=self.retry,
             cancellation_type=self.cancellation,
         )
+        return cast(Awaitable[O], call)
 
 
 # Every profile has a heartbeat timeout (activities heartbeat while they block), so the
@@ -59,10 +66,16 @@ SYNC = CallProfile(
     heartbeat=timedelta(seconds=10),
     retry=RetryPolicy(maximum_interval=timedelta(seconds=30), maximum_attempts=5),
 )
-# A watcher heartbeats every poll; when its worker dies, the heartbeat timeout hands the
-# watch to another worker within seconds while the job runs on, detached.
+# A watcher heartbeats every round; when its worker dies, the heartbeat timeout hands the
+# watch to another worker within seconds while the jobs run on, detached.
 WATCH = CallProfile(
-    start_to_close=timedelta(days=365),
+    start_to_close=timedelta(days=3650),
     heartbeat=timedelta(seconds=10),
     retry=RetryPolicy(maximum_interval=timedelta(seconds=5)),
+)
+# Asked by a waiting client (read logs, check): a few tries, then the client hears why.
+CLIENT = CallProfile(
+    start_to_close=timedelta(minutes=2),
+    heartbeat=timedelta(seconds=10),
+    retry=RetryPolicy(maximum_interval=timedelta(seconds=2), maximum_attempts=3),
 )

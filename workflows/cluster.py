@@ -2,7 +2,10 @@
 
 It holds the cluster's whole state. Clients change it through updates (submit job,
 cancel, stop, start, down, autostop) and read it through the `describe` query. It only
-decides; every side effect is an activity. Deterministic code only.
+decides; every side effect is an activity. Its nodes come from the shared launch path
+(workflows/launch.py: placements tried in order, failover on capacity errors) and its
+jobs' phases are waited for through the watcher's signals, never by holding a thread.
+Deterministic code only.
 """
 
 from __future__ import annotations
@@ -15,20 +18,25 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
+    from skyloom.activities import models as m
     from skyloom.activities.errors import application_error
     from skyloom.activities.models import (
+        Capability,
         ClusterHandle,
         ClusterRef,
         KillInput,
+        LaunchAttempt,
+        Observation,
         Phase,
         PhaseInput,
-        PhaseResult,
-        ProvisionInput,
         SyncInput,
     )
     from skyloom.workflows import calls, policies
+    from skyloom.workflows.launch import Launcher, LaunchFailed, PhaseOutcome, PhaseWatch, Stopped
     from skyloom.workflows.models import (
         CLUSTER_WORKFLOW,
+        DESCRIBE_QUERY,
+        OBSERVE_SIGNAL,
         AutostopInput,
         CancelJobsInput,
         CancelJobsResult,
@@ -37,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
         ClusterResult,
         ClusterState,
         ClusterStatus,
+        ClusterUpdate,
         DownInput,
         JobRecord,
         JobStatus,
@@ -46,7 +55,8 @@ with workflow.unsafe.imports_passed_through():
         SubmitJobInput,
         SubmitJobResult,
     )
-    from skyloom.workflows.search import SA_STATUS
+    from skyloom.workflows.recovery import Ending
+    from skyloom.workflows.search import index, invalid_input
 
 _KEEP_FINISHED_JOBS = 500
 
@@ -70,6 +80,7 @@ class ClusterWorkflow:
         # activity that completes in the same activation as the cancel swallows it, and
         # the job would go on to its next step. Every step checks this flag first.
         self.stop_running = False
+        self.phases = PhaseWatch()
         # Bumped by every handler and job ending: the main loop re-evaluates on change.
         self.changes = 0
 
@@ -77,6 +88,12 @@ class ClusterWorkflow:
 
     @workflow.run
     async def run(self, inp: ClusterInput) -> ClusterResult:
+        problem = inp.problems(workflow.info().workflow_id)
+        if problem is not None:
+            # Any client may start this workflow: a bad input ends it here, having
+            # created nothing and joined nothing into a path or a command.
+            raise invalid_input(CLUSTER_WORKFLOW, problem)
+        self._index()
         try:
             if self.state.status is ClusterStatus.INIT:
                 # Under the lifecycle lock: a `down` sent mid-launch waits for the nodes to
@@ -92,15 +109,7 @@ class ClusterWorkflow:
                     break
                 if self._autostop_due() and not self.lifecycle.locked():
                     async with self.lifecycle:
-                        if self.state.autostop.down:
-                            try:
-                                await self._down("autostop")
-                            except ApplicationError as e:
-                                # Stay UP and try again after another idle period.
-                                self.state.reason = str(e)
-                                self.state.last_active = workflow.now()
-                        else:
-                            await self._stop("autostop")
+                        await self._autostop()
                     continue
                 self._maybe_start_job()
                 if self._should_continue_as_new():
@@ -121,9 +130,10 @@ class ClusterWorkflow:
         if deadline is not None and self.state.status is ClusterStatus.UP:
             timeout = max(deadline - workflow.now(), timedelta(0))
         with contextlib.suppress(TimeoutError):
+            # Only a continue-as-new that can happen now wakes the loop (one suggested while
+            # a job runs waits for the job's end, which is a change anyway).
             await workflow.wait_condition(
-                lambda: self.changes != seen or workflow.info().is_continue_as_new_suggested(),
-                timeout=timeout,
+                lambda: self.changes != seen or self._should_continue_as_new(), timeout=timeout
             )
 
     def _autostop_due(self) -> bool:
@@ -134,12 +144,32 @@ class ClusterWorkflow:
         )
         return deadline is not None and workflow.now() >= deadline
 
-    def _should_continue_as_new(self) -> bool:
-        return (
-            workflow.info().is_continue_as_new_suggested()
-            and self.job_task is None
-            and not self.lifecycle.locked()
+    async def _autostop(self) -> None:
+        if self.state.autostop.down:
+            try:
+                await self._down("autostop")
+            except ApplicationError as e:
+                # Stay UP and try again after another idle period.
+                self.state.reason = str(e)
+                self.state.last_active = workflow.now()
+            return
+        if not self._can(Capability.STOP):
+            # Set at launch before the placement was known: this infra cannot stop.
+            self.state.autostop.idle_minutes = None
+            self.state.reason = f"autostop off: the {self._infra()} infra cannot stop nodes"
+            self._changed()
+            return
+        await self._stop("autostop")
+
+    def _continue_suggested(self) -> bool:
+        info = workflow.info()
+        limit = self.inp.continue_after_events
+        return info.is_continue_as_new_suggested() or (
+            limit is not None and info.get_current_history_length() > limit
         )
+
+    def _should_continue_as_new(self) -> bool:
+        return self._continue_suggested() and self.job_task is None and not self.lifecycle.locked()
 
     def _carry(self) -> ClusterInput:
         state = self.state.model_copy()
@@ -148,19 +178,53 @@ class ClusterWorkflow:
 
     def _changed(self) -> None:
         self.changes += 1
+        workflow.set_current_details(self._summary())
 
     def _set_status(self, status: ClusterStatus, reason: str | None = None) -> None:
         self.state.status = status
         self.state.reason = reason
-        workflow.upsert_search_attributes([SA_STATUS.value_set(status.value)])
+        self._index()
         self._changed()
+
+    def _index(self) -> None:
+        """Search attributes and memo from the workflow's own state, so a cluster started
+        by any Temporal client is listed like the rest (written only when they change)."""
+        index(
+            kind="cluster",
+            name=self.inp.name,
+            status=self.state.status.value,
+            infra=self._infra(),
+            user=self.inp.user,
+            memo={"num_nodes": self.inp.num_nodes, "resources": self.inp.resources},
+        )
+        workflow.set_current_details(self._summary())
+
+    def _summary(self) -> str:
+        """One line for people scanning the web UI."""
+        s = self.state
+        nodes = f"{self.inp.num_nodes} node{'s' if self.inp.num_nodes > 1 else ''}"
+        parts = [s.status.value, self._infra(), nodes]
+        job = self.running_job or next((j for j in reversed(s.jobs)), None)
+        if job is not None:
+            parts.append(f"job {job.id} {job.status.value}")
+        if s.reason and s.status is not ClusterStatus.UP:
+            parts.append(s.reason.splitlines()[0][:120])
+        return " · ".join(parts)
+
+    def _infra(self) -> str:
+        return self.state.infra or self.inp.all_candidates()[0].infra
+
+    def _can(self, capability: Capability) -> bool:
+        # A handle recorded before capabilities existed says nothing: allow.
+        h = self.state.handle
+        return h is None or not h.capabilities or h.can(capability)
 
     # ---- lifecycle -------------------------------------------------------------------
 
     def _ref(self) -> ClusterRef:
         return ClusterRef(
             cluster=self.inp.name,
-            infra=self.inp.infra,
+            infra=self._infra(),
             handle=self.state.handle,
             owner=self._owner(),
         )
@@ -170,36 +234,41 @@ class ClusterWorkflow:
             self.state.uid = str(workflow.uuid4())
         return f"{self.inp.name}.{self.state.uid[:8]}"
 
+    def _on_try(self, ref: ClusterRef) -> None:
+        # Where cleanup must look if the workflow is cancelled during this placement.
+        self.state.infra = ref.infra
+
+    def _on_attempt(self, attempt: LaunchAttempt) -> None:
+        self.state.launch_attempts.append(attempt)
+        self._changed()
+
     async def _launch(self) -> None:
+        launcher = Launcher(
+            cluster=self.inp.name,
+            owner=self._owner(),
+            num_nodes=self.inp.num_nodes,
+            candidates=self.inp.all_candidates(),
+            ordered=self.inp.ordered,
+            on_try=self._on_try,
+            on_attempt=self._on_attempt,
+        )
         try:
-            handle = await calls.PROVISION.run(
-                "provision_nodes",
-                ProvisionInput(
-                    cluster=self.inp.name,
-                    infra=self.inp.infra,
-                    num_nodes=self.inp.num_nodes,
-                    resources=self.inp.resources,
-                    owner=self._owner(),
-                ),
-                result_type=ClusterHandle,
-            )
-        except ActivityError as e:
-            reason = f"launch failed: {_reason(e)}"
-            await self._terminate_nodes()
+            handle, _ = await launcher.provision(await launcher.plan())
+        except (LaunchFailed, ActivityError) as e:
+            reason = f"launch failed: {e if isinstance(e, LaunchFailed) else _reason(e)}"
+            if isinstance(e, ActivityError):
+                await self._terminate_nodes()
             self._fail_jobs(reason, (JobStatus.PENDING,))
             self._set_status(ClusterStatus.TERMINATED, reason)
             return
         self.state.handle = handle
+        self.state.infra = handle.infra
         self.state.launched_at = self.state.last_active = workflow.now()
-        workflow.upsert_memo({"num_nodes": self.inp.num_nodes, "resources": self.inp.resources})
         self._set_status(ClusterStatus.UP)
 
     async def _stop(self, why: str) -> None:
         await self._cancel_jobs_for(f"cluster stopped ({why})")
-        await calls.QUICK.run(
-            "stop_nodes",
-            self._ref(),
-        )
+        await calls.QUICK.run(m.STOP_NODES, self._ref())
         self._set_status(ClusterStatus.STOPPED, f"stopped ({why})")
 
     async def _down(self, why: str, purge: bool = False) -> None:
@@ -217,10 +286,7 @@ class ClusterWorkflow:
         self._set_status(ClusterStatus.TERMINATED, f"down ({why})")
 
     async def _terminate_nodes(self) -> None:
-        await calls.PROVISION.run(
-            "terminate_nodes",
-            self._ref(),
-        )
+        await calls.PROVISION.run(m.TERMINATE_NODES, self._ref())
 
     async def _cancel_jobs_for(self, reason: str) -> None:
         self._fail_jobs(reason, (JobStatus.PENDING,), status=JobStatus.CANCELLED)
@@ -246,7 +312,7 @@ class ClusterWorkflow:
 
     def _check_not_stopped(self) -> None:
         if self.stop_running:
-            raise asyncio.CancelledError()
+            raise Stopped()
 
     # ---- jobs ------------------------------------------------------------------------
 
@@ -267,34 +333,32 @@ class ClusterWorkflow:
         self._changed()
         try:
             self._check_not_stopped()
-            await calls.SYNC.run(
-                "sync_files",
-                SyncInput(
-                    handle=handle,
-                    job_id=job.id,
-                    workdir=job.spec.workdir,
-                    file_mounts=job.spec.file_mounts,
-                ),
-            )
+            if job.spec.workdir or job.spec.file_mounts:
+                await calls.SYNC.run(
+                    m.SYNC_FILES,
+                    SyncInput(
+                        handle=handle,
+                        job_id=job.id,
+                        workdir=job.spec.workdir,
+                        file_mounts=job.spec.file_mounts,
+                    ),
+                )
             if job.spec.setup:
                 job.status = JobStatus.SETTING_UP
                 self._changed()
-                result = await self._phase(job, handle, Phase.SETUP, job.spec.setup)
-                status, code, rank = policies.phase_outcome(result.exit_codes, setup=True)
-                if status is JobStatus.FAILED_SETUP:
-                    self._finish(job, status, code, rank, f"setup failed on node {rank}")
+                out = await self._phase(job, handle, Phase.SETUP, job.spec.setup)
+                if out.ending is not Ending.SUCCEEDED:
+                    await self._end_failed(job, handle, out, JobStatus.FAILED_SETUP, "setup")
                     return
             job.status = JobStatus.RUNNING
             self._changed()
             if job.spec.run:
-                result = await self._phase(job, handle, Phase.RUN, job.spec.run)
-                status, code, rank = policies.phase_outcome(result.exit_codes, setup=False)
-                self._finish(
-                    job, status, code, rank, None if rank is None else f"failed on node {rank}"
-                )
-            else:
-                self._finish(job, JobStatus.SUCCEEDED, 0, None, None)
-        except (asyncio.CancelledError, ActivityError) as e:
+                out = await self._phase(job, handle, Phase.RUN, job.spec.run)
+                if out.ending is not Ending.SUCCEEDED:
+                    await self._end_failed(job, handle, out, JobStatus.FAILED, "run")
+                    return
+            self._finish(job, JobStatus.SUCCEEDED, 0, None, None)
+        except (asyncio.CancelledError, ActivityError, Stopped) as e:
             # Cancelling the task surfaces as CancelledError, or as an ActivityError caused
             # by the activity's cancellation; either way the job was cancelled.
             cancelled = (
@@ -302,21 +366,39 @@ class ClusterWorkflow:
                 or not isinstance(e, ActivityError)
                 or isinstance(e.cause, CancelledError)
             )
-            await calls.QUICK.run(
-                "kill_job",
-                KillInput(handle=handle, job_id=job.id),
-            )
+            await calls.QUICK.run(m.KILL_JOB, KillInput(handle=handle, job_id=job.id))
             if cancelled:
                 self._finish(job, JobStatus.CANCELLED, None, None, job.reason or "cancelled")
             else:
                 self._finish(job, JobStatus.FAILED, None, None, _reason(e))
         finally:
+            self.phases.forget(handle.cluster)
             self.job_task = self.running_job = None
             self._changed()
 
+    async def _end_failed(
+        self,
+        job: JobRecord,
+        handle: ClusterHandle,
+        out: PhaseOutcome,
+        status: JobStatus,
+        phase: str,
+    ) -> None:
+        if len(out.codes) < job.spec.num_nodes:
+            # A rank failed while others still run: a distributed job cannot go on.
+            await calls.QUICK.run(m.KILL_JOB, KillInput(handle=handle, job_id=job.id))
+        reason: str | None
+        if out.ending is Ending.PREEMPTED:
+            reason = f"{phase} stopped: the nodes were preempted"
+        elif phase == "setup" and out.reason and out.reason.startswith("failed on node"):
+            reason = f"setup {out.reason}"
+        else:
+            reason = out.reason
+        self._finish(job, status, out.exit_code, out.failed_rank, reason)
+
     async def _phase(
         self, job: JobRecord, handle: ClusterHandle, phase: Phase, command: str
-    ) -> PhaseResult:
+    ) -> PhaseOutcome:
         inp = PhaseInput(
             handle=handle,
             job_id=job.id,
@@ -327,12 +409,15 @@ class ClusterWorkflow:
             num_nodes=job.spec.num_nodes,
             task_id=f"skyloom-{workflow.info().workflow_id}-{job.id}",
             num_gpus_per_node=job.spec.num_gpus_per_node,
-            poll_seconds=self.inp.poll_seconds,
+            notify=workflow.info().workflow_id,
         )
         self._check_not_stopped()
-        await calls.QUICK.run("start_phase", inp)
-        self._check_not_stopped()
-        return await calls.WATCH.run("watch_phase", inp, result_type=PhaseResult)
+        return await self.phases.run(
+            inp,
+            self._ref(),
+            check_every=timedelta(seconds=self.inp.check_every_seconds),
+            stop=lambda: self.stop_running,
+        )
 
     def _finish(
         self,
@@ -346,9 +431,20 @@ class ClusterWorkflow:
         job.reason = reason
         job.ended_at = self.state.last_active = workflow.now()
 
+    # ---- signals ---------------------------------------------------------------------
+
+    @workflow.signal(name=OBSERVE_SIGNAL)
+    def observe(self, observations: list[Observation]) -> None:
+        """From the watcher: phases that ended on this cluster's nodes. Only news about
+        the running job (or the nodes) is kept; a new watcher retells old endings."""
+        job = self.running_job
+        if job is None:
+            return
+        self.phases.observe([o for o in observations if o.job_id in (None, job.id)])
+
     # ---- updates ---------------------------------------------------------------------
 
-    @workflow.update
+    @workflow.update(name=ClusterUpdate.SUBMIT_JOB)
     async def submit_job(self, inp: SubmitJobInput) -> SubmitJobResult:
         job = JobRecord(
             id=self.state.next_job_id,
@@ -367,13 +463,16 @@ class ClusterWorkflow:
     def _validate_submit(self, inp: SubmitJobInput) -> None:
         if self.state.status in (ClusterStatus.TERMINATED, ClusterStatus.STOPPED):
             raise ValueError(f"cluster {self.inp.name} is {self.state.status.value}")
+        problem = inp.spec.problems()
+        if problem is not None:
+            raise ValueError(problem)
         if inp.spec.num_nodes > self.inp.num_nodes:
             raise ValueError(
                 f"the job needs {inp.spec.num_nodes} nodes; cluster {self.inp.name} has "
                 f"{self.inp.num_nodes}"
             )
 
-    @workflow.update
+    @workflow.update(name=ClusterUpdate.CANCEL_JOBS)
     async def cancel_jobs(self, inp: CancelJobsInput) -> CancelJobsResult:
         wanted = {j.id for j in self.state.jobs} if inp.all else set(inp.job_ids)
         cancelled = []
@@ -392,7 +491,7 @@ class ClusterWorkflow:
             await self._cancel_running("cancelled")
         return CancelJobsResult(cancelled=cancelled)
 
-    @workflow.update
+    @workflow.update(name=ClusterUpdate.STOP)
     async def stop(self, inp: StopInput) -> ClusterDescription:
         async with self.lifecycle:
             if self.state.status is ClusterStatus.UP:
@@ -403,16 +502,17 @@ class ClusterWorkflow:
     def _validate_stop(self, inp: StopInput) -> None:
         if self.state.status in (ClusterStatus.INIT, ClusterStatus.TERMINATED):
             raise ValueError(f"cluster {self.inp.name} is {self.state.status.value}; cannot stop")
+        if not self._can(Capability.STOP):
+            raise ValueError(
+                f"cluster {self.inp.name} cannot be stopped: the {self._infra()} infra has no "
+                "stop (its nodes cannot keep their disks); use `skyloom down`"
+            )
 
-    @workflow.update
+    @workflow.update(name=ClusterUpdate.START)
     async def start(self, inp: StartInput) -> ClusterDescription:
         async with self.lifecycle:
             if self.state.status is ClusterStatus.STOPPED:
-                self.state.handle = await calls.PROVISION.run(
-                    "start_nodes",
-                    self._ref(),
-                    result_type=ClusterHandle,
-                )
+                self.state.handle = await calls.PROVISION.run(m.START_NODES, self._ref())
                 self.state.last_active = workflow.now()
                 self._set_status(ClusterStatus.UP)
         return self.describe()
@@ -422,14 +522,14 @@ class ClusterWorkflow:
         if self.state.status is ClusterStatus.TERMINATED:
             raise ValueError(f"cluster {self.inp.name} is terminated")
 
-    @workflow.update
+    @workflow.update(name=ClusterUpdate.DOWN)
     async def down(self, inp: DownInput) -> ClusterDescription:
         async with self.lifecycle:
             if self.state.status is not ClusterStatus.TERMINATED:
                 await self._down("requested", purge=inp.purge)
         return self.describe()
 
-    @workflow.update
+    @workflow.update(name=ClusterUpdate.SET_AUTOSTOP)
     def set_autostop(self, inp: AutostopInput) -> ClusterDescription:
         off = inp.idle_minutes is None or inp.idle_minutes < 0
         self.state.autostop.idle_minutes = None if off else inp.idle_minutes
@@ -439,19 +539,31 @@ class ClusterWorkflow:
         self._changed()
         return self.describe()
 
+    @set_autostop.validator
+    def _validate_autostop(self, inp: AutostopInput) -> None:
+        on = inp.idle_minutes is not None and inp.idle_minutes >= 0
+        if on and not inp.down and not self._can(Capability.STOP):
+            raise ValueError(
+                f"cluster {self.inp.name} cannot autostop: the {self._infra()} infra has no "
+                "stop; use autostop with --down"
+            )
+
     # ---- queries ---------------------------------------------------------------------
 
-    @workflow.query
+    @workflow.query(name=DESCRIBE_QUERY)
     def describe(self) -> ClusterDescription:
+        handle = self.state.handle
         return ClusterDescription(
             name=self.inp.name,
             status=self.state.status,
-            infra=self.inp.infra,
+            infra=self._infra(),
             num_nodes=self.inp.num_nodes,
             resources=self.inp.resources,
-            handle=self.state.handle,
+            handle=handle,
             launched_at=self.state.launched_at,
             autostop=self.state.autostop,
             reason=self.state.reason,
             jobs=[JobView(**j.model_dump(exclude={"spec"})) for j in self.state.jobs],
+            launch_attempts=self.state.launch_attempts,
+            capabilities=handle.capabilities if handle else [],
         )

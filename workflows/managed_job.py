@@ -1,12 +1,16 @@
 """A managed job (`job-<id>`): launch a cluster for it, run it, recover it, clean up.
 
 Its controller is this workflow, so it cannot die: a dead worker only pauses it. Each
-attempt runs on a fresh cluster `job-<id>-<n>`; the task id (SKYPILOT_TASK_ID) stays the
-same across attempts so the job can resume from its checkpoint.
+attempt runs on a fresh cluster `job-<id>-<n>`, launched through the shared launch path
+(placements tried in order, failover on capacity errors); the task id
+(SKYPILOT_TASK_ID) stays the same across attempts so the job can resume from its
+checkpoint.
 
-Waiting is free: after starting a phase the workflow waits for the shared watcher
-(worker/watcher.py) to signal that the phase ended or the nodes were preempted. It holds
-no activity and no timer meanwhile, apart from a rare safety-net look of its own.
+Waiting is free: after starting a phase the workflow waits for the watcher to signal
+that the phase ended or the nodes were preempted. It holds no activity and no timer
+meanwhile, apart from a rare safety-net look of its own. A job that lives long (many
+recoveries, months of waiting) continues as new while it waits, carrying its whole state
+(`ManagedJobState`, bounded) and picking the running phase up where it was.
 
 Cancel (the `cancel` signal, or cancelling the workflow) at any moment ends with the job
 CANCELLED and every cluster it ever launched terminated.
@@ -24,31 +28,45 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from skyloom.activities.errors import ErrorKind, application_error, kind_of
+    from skyloom.activities import models as m
+    from skyloom.activities.errors import message_of
     from skyloom.activities.models import (
         ClusterHandle,
         ClusterRef,
+        NodeState,
         Observation,
         ObserveInput,
         Phase,
         PhaseInput,
-        ProvisionInput,
+        Placement,
         SaveLogsInput,
         SyncInput,
     )
     from skyloom.workflows import calls
+    from skyloom.workflows.launch import (
+        Launcher,
+        LaunchFailed,
+        Pause,
+        PhaseOutcome,
+        PhaseWatch,
+        Stopped,
+    )
     from skyloom.workflows.models import (
         CANCEL_SIGNAL,
+        DESCRIBE_QUERY,
         MANAGED_JOB_WORKFLOW,
         OBSERVE_SIGNAL,
+        AttemptStage,
+        CurrentAttempt,
         ManagedJobInput,
+        ManagedJobState,
         ManagedJobStatus,
         ManagedJobView,
         ManagedTask,
     )
     from skyloom.workflows.models import MANAGED_JOB_ON_CLUSTER as JOB_ON_CLUSTER
     from skyloom.workflows.recovery import Action, Ending, decide, launch_order
-    from skyloom.workflows.search import SA_STATUS
+    from skyloom.workflows.search import index, invalid_input
 
 T = TypeVar("T")
 Status = ManagedJobStatus
@@ -76,31 +94,32 @@ class ManagedJobWorkflow:
     @workflow.init
     def __init__(self, inp: ManagedJobInput) -> None:
         self.inp = inp
-        self.view = ManagedJobView(
-            id=inp.job_id,
-            name=inp.name,
-            status=Status.PENDING,
-            num_tasks=len(inp.tasks),
-            submitted_at=workflow.now(),
+        self.s = inp.carried or ManagedJobState(
+            view=ManagedJobView(
+                id=inp.job_id,
+                name=inp.name,
+                status=Status.PENDING,
+                num_tasks=len(inp.tasks),
+                submitted_at=workflow.now(),
+            )
         )
-        self.observed: dict[tuple, Observation] = {}
-        self.cancel_requested = False
-        # Clusters launched (or being launched) and not yet terminated.
-        self.live: dict[str, ClusterRef] = {}
-        self.attempts = 0
+        self.view = self.s.view
+        self.phases = PhaseWatch(self.s.observed)
 
     # ---- signals and queries ----------------------------------------------------------
 
     @workflow.signal(name=OBSERVE_SIGNAL)
     def observe(self, observations: list[Observation]) -> None:
-        for o in observations:
-            self.observed[o.key] = o
+        # Only news about a cluster of ours that is still up is kept (a new watcher
+        # retells every ending it finds; the carried state must stay small).
+        self.phases.observe([o for o in observations if o.cluster in self.s.live])
 
     @workflow.signal(name=CANCEL_SIGNAL)
     def cancel(self) -> None:
-        self.cancel_requested = True
+        self.s.cancel_requested = True
+        self._summary()
 
-    @workflow.query
+    @workflow.query(name=DESCRIBE_QUERY)
     def describe(self) -> ManagedJobView:
         return self.view
 
@@ -108,42 +127,60 @@ class ManagedJobWorkflow:
 
     @workflow.run
     async def run(self, inp: ManagedJobInput) -> ManagedJobView:
-        self.view.started_at = workflow.now()
+        problem = inp.problems(workflow.info().workflow_id)
+        if problem is not None:
+            raise invalid_input(MANAGED_JOB_WORKFLOW, problem)
+        if inp.carried is None:
+            self.view.started_at = workflow.now()
+        self._index()
         try:
             final, why = Status.SUCCEEDED, None
-            for idx, task in enumerate(inp.tasks):
-                self.view.task_index = idx
-                final, why = await self._run_task(idx, task)
+            for idx in range(self.view.task_index, len(inp.tasks)):
+                if idx != self.view.task_index:
+                    # The next task of a pipeline starts afresh.
+                    self.view.task_index = idx
+                    self.s.restarts, self.s.last_placement, self.s.move_on = 0, None, False
+                final, why = await self._run_task(idx, inp.tasks[idx])
                 if final is not Status.SUCCEEDED:
                     break
             await self._finish(final, why)
+        except Pause:
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            self.s.observed = self.phases.known()
+            workflow.continue_as_new(inp.model_copy(update={"carried": self.s}))
         except asyncio.CancelledError:
             # Workflow cancellation: clean up all the same, then end cancelled.
             await self._finish(Status.CANCELLED, "cancelled")
             raise
         return self.view
 
+    def _continue_suggested(self) -> bool:
+        info = workflow.info()
+        limit = self.inp.continue_after_events
+        return info.is_continue_as_new_suggested() or (
+            limit is not None and info.get_current_history_length() > limit
+        )
+
     async def _finish(self, status: ManagedJobStatus, why: str | None) -> None:
         if status is Status.CANCELLED:
             self._set(Status.CANCELLING, why)
-        for name in list(self.live):
+        for name in list(self.s.live):
             await self._terminate(name)
+        self.s.current = None
         self.view.ended_at = workflow.now()
         self._set(status, why)
 
     # ---- one task, attempt after attempt ----------------------------------------------
 
     async def _run_task(self, idx: int, task: ManagedTask) -> tuple[ManagedJobStatus, str | None]:
-        restarts = 0
-        last: int | None = None
-        move_on = False
         while True:
-            if self.cancel_requested:
+            if self.s.cancel_requested:
                 return Status.CANCELLED, "cancelled"
-            recovering = last is not None
-            self._set(Status.RECOVERING if recovering else Status.STARTING)
+            if self.s.current is None:
+                recovering = self.s.last_placement is not None
+                self._set(Status.RECOVERING if recovering else Status.STARTING)
             try:
-                ending, codes, last = await self._attempt(idx, task, last, move_on, recovering)
+                ending, codes = await self._attempt(task)
             except _Cancelled:
                 return Status.CANCELLED, "cancelled"
             except _NoResource as e:
@@ -152,108 +189,138 @@ class ManagedJobWorkflow:
                 return Status.FAILED_PRECHECKS, str(e)
             except _AttemptFailed as e:
                 return Status.FAILED, str(e)
-            d = decide(self.inp.recovery, ending, codes, restarts)
+            d = decide(self.inp.recovery, ending, codes, self.s.restarts)
             if d.action is Action.FINISH:
                 return Status(d.status or "FAILED"), d.why or None
             if d.action is Action.RESTART:
-                restarts += 1
-                self.view.restarts = restarts
+                self.s.restarts += 1
+                self.view.restarts = self.s.restarts
             self.view.recovery_count += 1
-            move_on = d.move_on
+            self.s.move_on = d.move_on
             self._event(f"recovering: {d.why}")
 
-    async def _attempt(
-        self, idx: int, task: ManagedTask, last: int | None, move_on: bool, recovering: bool
-    ) -> tuple[Ending, list[int | None], int]:
-        """Launch a cluster, run setup and run on it, and tear it down: how it ended."""
-        self.attempts += 1
-        name = f"job-{self.inp.job_id}-{self.attempts}"
-        handle, where = await self._launch(name, task, last, move_on, recovering)
+    async def _attempt(self, task: ManagedTask) -> tuple[Ending, list[int | None]]:
+        """Launch a cluster (unless a continued run picks its attempt up), run setup and
+        run on it, and tear it down: how it ended."""
+        cur = self.s.current
+        if cur is None:
+            cur = await self._launch(task)
+        pausing = False
         try:
-            spec = task.spec
+            return await self._stages(cur, task)
+        except Pause:
+            pausing = True
+            raise
+        except ActivityError as e:
+            # A node lost while we talked to it is a preemption if the provider says so.
+            if await self._preempted(cur.handle):
+                return Ending.PREEMPTED, []
+            raise _AttemptFailed(message_of(e)) from e
+        finally:
+            if not pausing and not self.s.cancel_requested:
+                await self._save_logs(cur.handle, f"{self.inp.job_id}/{self.s.attempts}")
+                await self._terminate(cur.cluster)
+                self.s.current = None
+
+    async def _stages(
+        self, cur: CurrentAttempt, task: ManagedTask
+    ) -> tuple[Ending, list[int | None]]:
+        """The attempt from its current stage on. A continued run starts the stage's phase
+        again: starting is idempotent (the first claim on each node runs it), so a phase
+        that is running or has ended is picked up, never run twice."""
+        spec = task.spec
+        if cur.stage is AttemptStage.SYNC:
             if spec.workdir or spec.file_mounts:
                 await self._step(
                     calls.SYNC.run(
-                        "sync_files",
+                        m.SYNC_FILES,
                         SyncInput(
-                            handle=handle,
+                            handle=cur.handle,
                             job_id=JOB_ON_CLUSTER,
                             workdir=spec.workdir,
                             file_mounts=spec.file_mounts,
                         ),
                     )
                 )
-            if spec.setup:
-                ending, codes = await self._phase(handle, task, Phase.SETUP, spec.setup)
-                if ending is Ending.FAILED:
-                    ending = Ending.FAILED_SETUP
-                if ending is not Ending.SUCCEEDED:
-                    return ending, codes, where
-            self._set(Status.RUNNING)
-            ending, codes = await self._phase(handle, task, Phase.RUN, spec.run or "true")
-            return ending, codes, where
-        except ActivityError as e:
-            # A node lost while we talked to it is a preemption if the provider says so.
-            if await self._preempted(handle):
-                return Ending.PREEMPTED, [], where
-            raise _AttemptFailed(_message(e)) from e
-        finally:
-            if not self.cancel_requested:
-                await self._save_logs(handle, f"{self.inp.job_id}/{self.attempts}")
-                await self._terminate(name)
+            cur.stage = AttemptStage.SETUP if spec.setup else AttemptStage.RUN
+        if cur.stage is AttemptStage.SETUP:
+            out = await self._phase(cur, task, Phase.SETUP, spec.setup or "true")
+            if out.ending is not Ending.SUCCEEDED:
+                ending = Ending.FAILED_SETUP if out.ending is Ending.FAILED else out.ending
+                return ending, out.codes
+            cur.stage = AttemptStage.RUN
+        self._set(Status.RUNNING)
+        out = await self._phase(cur, task, Phase.RUN, spec.run or "true")
+        return out.ending, out.codes
 
-    async def _launch(
-        self, name: str, task: ManagedTask, last: int | None, move_on: bool, recovering: bool
-    ) -> tuple[ClusterHandle, int]:
-        """Failover over the task's candidates; while recovering, wait and try again until
+    async def _launch(self, task: ManagedTask) -> CurrentAttempt:
+        """Failover over the task's placements; while recovering, wait and try again until
         one has capacity (a first launch with no capacity anywhere fails)."""
+        recovering = self.s.last_placement is not None
         wait = timedelta(seconds=self.inp.retry_launch_seconds)
+        self.s.attempts += 1
+        name = f"job-{self.inp.job_id}-{self.s.attempts}"
+        owner = f"{name}.{workflow.info().run_id[:8]}"
         while True:
-            reasons = []
-            for i in launch_order(task.candidates, last, move_on):
-                cand = task.candidates[i]
-                owner = f"{name}.{workflow.info().run_id[:8]}"
-                self.live[name] = ClusterRef(cluster=name, infra=cand.infra, owner=owner)
-                self.view.cluster, self.view.infra = name, cand.infra
-                try:
-                    handle = await self._step(
-                        calls.PROVISION.run(
-                            "provision_nodes",
-                            ProvisionInput(
-                                cluster=name,
-                                infra=cand.infra,
-                                num_nodes=task.spec.num_nodes,
-                                resources=cand.resources,
-                                owner=owner,
-                            ),
-                            result_type=ClusterHandle,
-                        )
-                    )
-                except ActivityError as e:
-                    kind = kind_of(e)
-                    await self._terminate(name)
-                    if kind is ErrorKind.INVALID_SPEC:
-                        raise _Precheck(_message(e)) from e
-                    reasons.append(f"{cand.infra}: {_message(e)}")
-                    continue
-                self.live[name] = ClusterRef(
-                    cluster=name, infra=cand.infra, owner=owner, handle=handle
-                )
-                self.view.handle = handle
-                self._event(f"launched {name} on {cand.infra}")
-                self._memo()
-                return handle, i
-            if not recovering:
-                raise _NoResource("; ".join(reasons))
-            self._event(f"no capacity ({'; '.join(reasons)}); retrying in {wait}")
-            await self._sleep(wait)
-            move_on = False
+            launcher = Launcher(
+                cluster=name,
+                owner=owner,
+                num_nodes=task.spec.num_nodes,
+                candidates=task.candidates,
+                ordered=task.ordered,
+                on_try=self._on_try,
+                step=self._step,
+            )
+            try:
+                placements = await launcher.plan()
+                order = launch_order(placements, self._index_of(placements), self.s.move_on)
+                handle, i = await launcher.provision(placements, order)
+            except LaunchFailed as e:
+                self.view.launch_attempts = e.attempts
+                if e.invalid:
+                    raise _Precheck(str(e)) from e
+                if not recovering:
+                    raise _NoResource(str(e)) from e
+                self._event(f"no capacity ({len(e.attempts)} placement(s)); retrying in {wait}")
+                await self._sleep(wait)
+                self.s.move_on = False
+                continue
+            except ActivityError as e:
+                raise _AttemptFailed(message_of(e)) from e
+            self.view.launch_attempts = launcher.attempts
+            self.s.live[name] = ClusterRef(
+                cluster=name, infra=handle.infra, owner=owner, handle=handle
+            )
+            self.view.cluster, self.view.infra, self.view.handle = name, handle.infra, handle
+            self._event(f"launched {name} on {placements[i].offer.where}")
+            self.s.current = CurrentAttempt(cluster=name, handle=handle, placement=i)
+            self.s.last_placement, self.s.last_where = i, self._where(placements[i])
+            self._index()
+            return self.s.current
+
+    def _on_try(self, ref: ClusterRef) -> None:
+        # What to clean up if the job is cancelled while this placement is tried.
+        self.s.live[ref.cluster] = ref
+        self.view.cluster, self.view.infra = ref.cluster, ref.infra
+
+    @staticmethod
+    def _where(p: Placement) -> str:
+        return f"{p.candidate}:{p.offer.where}"
+
+    def _index_of(self, placements: list[Placement]) -> int | None:
+        """Where the last attempt ran, in this plan's order (None: first launch)."""
+        if self.s.last_placement is None:
+            return None
+        wheres = [self._where(p) for p in placements]
+        if self.s.last_where in wheres:
+            return wheres.index(self.s.last_where)
+        return None
 
     async def _phase(
-        self, handle: ClusterHandle, task: ManagedTask, phase: Phase, command: str
-    ) -> tuple[Ending, list[int | None]]:
+        self, cur: CurrentAttempt, task: ManagedTask, phase: Phase, command: str
+    ) -> PhaseOutcome:
         inp = PhaseInput(
-            handle=handle,
+            handle=cur.handle,
             job_id=JOB_ON_CLUSTER,
             phase=phase,
             command=command,
@@ -264,68 +331,34 @@ class ManagedJobWorkflow:
             num_gpus_per_node=task.spec.num_gpus_per_node,
             notify=workflow.info().workflow_id,
         )
-        await self._step(calls.QUICK.run("start_phase", inp))
-        ref = self.live[handle.cluster]
-        check = timedelta(seconds=self.inp.check_every_seconds)
-        while True:
-            result = self._phase_result(handle, phase, task.spec.num_nodes)
-            if result is not None:
-                ending, codes = result
-                if ending is Ending.FAILED and None in codes and await self._preempted(handle):
-                    return Ending.PREEMPTED, codes
-                return ending, codes
-            try:
-                await workflow.wait_condition(
-                    lambda: (
-                        self.cancel_requested
-                        or self._phase_result(handle, phase, task.spec.num_nodes) is not None
-                    ),
-                    timeout=check,
-                )
-            except TimeoutError:
-                # No news for a long time: look ourselves (a worker may run no watcher).
-                seen = await calls.QUICK.run(
-                    "observe_cluster",
-                    ObserveInput(ref=ref, job_id=JOB_ON_CLUSTER, phase=phase),
-                    result_type=list[Observation],
-                )
-                self.observe(seen)
-            if self.cancel_requested:
-                raise _Cancelled()
-
-    def _phase_result(
-        self, handle: ClusterHandle, phase: Phase, num_nodes: int
-    ) -> tuple[Ending, list[int | None]] | None:
-        name = handle.cluster
-        if any((name, n.rank, None, None) in self.observed for n in handle.nodes):
-            return Ending.PREEMPTED, []
-        codes: list[int | None] = []
-        for rank in range(num_nodes):
-            o = self.observed.get((name, rank, JOB_ON_CLUSTER, phase.value))
-            if o is None:
-                codes.append(-1)
-                continue
-            codes.append(o.exit_code if o.state == "exited" else None)
-        ended = [c for c in codes if c != -1]
-        if any(c != 0 for c in ended):
-            # One failed (or killed) rank ends the phase: the cluster is torn down anyway.
-            return Ending.FAILED, [c for c in codes if c != -1]
-        if len(ended) == num_nodes:
-            return Ending.SUCCEEDED, codes
-        return None
+        try:
+            out = await self.phases.run(
+                inp,
+                self.s.live[cur.cluster],
+                check_every=timedelta(seconds=self.inp.check_every_seconds),
+                stop=lambda: self.s.cancel_requested,
+                pause=self._continue_suggested,
+                step=self._step,
+            )
+        except Stopped:
+            raise _Cancelled() from None
+        if out.ending is Ending.FAILED and None in out.codes and await self._preempted(cur.handle):
+            return PhaseOutcome(Ending.PREEMPTED, out.codes, reason="preempted")
+        return out
 
     async def _preempted(self, handle: ClusterHandle) -> bool:
         """Ask the provider (one look) whether the cluster's nodes were taken away."""
         try:
             seen = await calls.QUICK.run(
-                "observe_cluster",
-                ObserveInput(ref=self.live[handle.cluster], job_id=JOB_ON_CLUSTER, phase=Phase.RUN),
-                result_type=list[Observation],
+                m.OBSERVE_CLUSTER,
+                ObserveInput(
+                    ref=self.s.live[handle.cluster], job_id=JOB_ON_CLUSTER, phase=Phase.RUN
+                ),
             )
         except ActivityError:
             return False
         self.observe(seen)
-        return any(o.state == "preempted" for o in seen)
+        return any(o.state == NodeState.PREEMPTED for o in seen)
 
     # ---- helpers ----------------------------------------------------------------------
 
@@ -334,7 +367,7 @@ class ManagedJobWorkflow:
         until it has really stopped (a half-done launch must not outlive the cleanup that
         follows), and stop the attempt."""
         task = asyncio.ensure_future(call)
-        await workflow.wait_condition(lambda: task.done() or self.cancel_requested)
+        await workflow.wait_condition(lambda: task.done() or self.s.cancel_requested)
         if not task.done():
             task.cancel()
             with contextlib.suppress(BaseException):
@@ -344,7 +377,7 @@ class ManagedJobWorkflow:
 
     async def _sleep(self, delay: timedelta) -> None:
         try:
-            await workflow.wait_condition(lambda: self.cancel_requested, timeout=delay)
+            await workflow.wait_condition(lambda: self.s.cancel_requested, timeout=delay)
         except TimeoutError:
             return
         raise _Cancelled()
@@ -352,15 +385,16 @@ class ManagedJobWorkflow:
     async def _save_logs(self, handle: ClusterHandle, dest: str) -> None:
         with contextlib.suppress(ActivityError):
             await calls.QUICK.run(
-                "save_logs", SaveLogsInput(handle=handle, job_id=JOB_ON_CLUSTER, dest=dest)
+                m.SAVE_LOGS, SaveLogsInput(handle=handle, job_id=JOB_ON_CLUSTER, dest=dest)
             )
 
     async def _terminate(self, name: str) -> None:
-        ref = self.live.get(name)
+        ref = self.s.live.get(name)
         if ref is None:
             return
-        await calls.PROVISION.run("terminate_nodes", ref)
-        del self.live[name]
+        await calls.PROVISION.run(m.TERMINATE_NODES, ref)
+        del self.s.live[name]
+        self.phases.forget(name)
         self._event(f"terminated {name}")
 
     def _set(self, status: ManagedJobStatus, reason: str | None = None) -> None:
@@ -369,25 +403,40 @@ class ManagedJobWorkflow:
         if reason is not None:
             self.view.reason = reason
         if changed:
-            self._event(status.value + (f": {reason}" if reason else ""))
-            workflow.upsert_search_attributes([SA_STATUS.value_set(status.value)])
-            self._memo()
+            self._event(status.value + (f": {reason.splitlines()[0]}" if reason else ""))
+            self._index()
 
-    def _memo(self) -> None:
-        workflow.upsert_memo(
-            {
+    def _index(self) -> None:
+        """Search attributes and memo from the workflow's own state (see search.index)."""
+        infra = self.view.infra or self.inp.tasks[0].candidates[0].infra
+        index(
+            kind="job",
+            name=self.inp.name,
+            status=self.view.status.value,
+            infra=infra,
+            user=self.inp.user,
+            memo={
                 "recovery_count": self.view.recovery_count,
                 "cluster": self.view.cluster,
-                "infra": self.view.infra,
+                "infra": self.view.infra or infra,
                 "reason": self.view.reason,
-            }
+            },
         )
+        self._summary()
+
+    def _summary(self) -> None:
+        v = self.view
+        parts = [v.status.value, v.infra or self.inp.tasks[0].candidates[0].infra]
+        if v.num_tasks > 1:
+            parts.append(f"task {v.task_index + 1}/{v.num_tasks}")
+        if v.cluster:
+            parts.append(v.cluster)
+        if v.recovery_count:
+            parts.append(f"{v.recovery_count} recover{'y' if v.recovery_count == 1 else 'ies'}")
+        if self.s.cancel_requested and not v.status.terminal:
+            parts.append("cancelling")
+        workflow.set_current_details(" · ".join(parts))
 
     def _event(self, text: str) -> None:
         self.view.events.append(f"{workflow.now().isoformat(timespec='seconds')} {text}")
         del self.view.events[:-_MAX_EVENTS]
-
-
-def _message(err: BaseException) -> str:
-    cause = application_error(err)
-    return cause.message if cause is not None else str(err)

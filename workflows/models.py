@@ -1,24 +1,98 @@
-"""Inputs, results and state of the cluster workflow: the payloads clients send and read.
+"""Inputs, results and state of skyloom's workflows: the payloads clients send and read.
 
-These are the documented JSON shapes for clients in other languages; fields may be added,
-never repurposed.
+These are the documented JSON shapes for clients in other languages (docs/workflows.md);
+fields may be added, never repurposed. Names of workflow types, updates, queries and
+signals are constants here, used by the workflows' decorators and by every client.
+
+Every workflow checks its own input (`problems()`): a client in another service may send
+anything, and a bad input must fail the workflow at once, having created nothing.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, Field
-from skyloom.activities.models import ClusterHandle
+from skyloom.activities.models import OBSERVE_SIGNAL as OBSERVE_SIGNAL
+from skyloom.activities.models import (
+    Candidate,
+    Capability,
+    ClusterHandle,
+    ClusterRef,
+    LaunchAttempt,
+    Observation,
+)
+from skyloom.spec.names import name_problem
 from skyloom.workflows.recovery import RecoveryPolicy
 
 TASK_QUEUE = "skyloom"
+# Watchers' activities run here, on the workers that can reach the infra and are not
+# told otherwise (SKYLOOM_WATCH_SECONDS=0).
+WATCH_TASK_QUEUE = "skyloom-watch"
+
 CLUSTER_WORKFLOW = "ClusterWorkflow"
+MANAGED_JOB_WORKFLOW = "ManagedJobWorkflow"
+JOB_IDS_WORKFLOW = "JobIdsWorkflow"
+JOB_IDS_WORKFLOW_ID = "skyloom-job-ids"
+WATCHER_WORKFLOW = "WatcherWorkflow"
+SESSION_WORKFLOW = "SessionWorkflow"
+
+
+class ClusterUpdate(StrEnum):
+    SUBMIT_JOB = "submit_job"
+    CANCEL_JOBS = "cancel_jobs"
+    STOP = "stop"
+    START = "start"
+    DOWN = "down"
+    SET_AUTOSTOP = "set_autostop"
+
+
+class SessionUpdate(StrEnum):
+    PLAN = "plan"
+    CHECK = "check"
+    PREEMPT = "preempt"
+    READ_LOGS = "read_logs"
+    SAVED_LOGS = "saved_logs"
+
+
+DESCRIBE_QUERY = "describe"
+CANCEL_SIGNAL = "cancel"
+CLOSE_SIGNAL = "close"
+ALLOCATE_UPDATE = "allocate"
+
+# Bounds on what a workflow accepts from any client.
+MAX_NODES = 512
+MAX_TASKS = 100
 
 
 def cluster_workflow_id(name: str) -> str:
     return f"cluster-{name}"
+
+
+def managed_job_workflow_id(job_id: int) -> str:
+    return f"job-{job_id}"
+
+
+def watcher_workflow_id(key: str) -> str:
+    return f"skyloom-watch-{key.replace('/', '-')}"
+
+
+def _infra_problem(infra: object, field: str) -> str | None:
+    if not isinstance(infra, str) or not infra.strip():
+        return f"{field}: expected an infra such as local or ssh/<pool>"
+    if any(c.isspace() or c in "\"'`$;&|<>\\" for c in infra) or ".." in infra:
+        return f"{field}: {infra!r} is not an infra name"
+    return None
+
+
+def _candidates_problem(candidates: list[Candidate]) -> str | None:
+    for i, cand in enumerate(candidates):
+        problem = _infra_problem(cand.infra, f"candidates[{i}].infra")
+        if problem:
+            return problem
+    return None
 
 
 class ClusterStatus(StrEnum):
@@ -59,6 +133,18 @@ class JobSpec(BaseModel):
     num_nodes: int = 1
     num_gpus_per_node: float = 0
 
+    def problems(self) -> str | None:
+        if not 1 <= self.num_nodes <= MAX_NODES:
+            return f"spec.num_nodes: expected 1 to {MAX_NODES}, got {self.num_nodes}"
+        for what, env in (("envs", self.envs), ("secrets", self.secrets)):
+            for key in env:
+                if not key.isidentifier() or not key.isascii():
+                    return f"spec.{what}: {key!r} is not a variable name"
+        for target in self.file_mounts:
+            if not target or "\n" in target:
+                return f"spec.file_mounts: {target!r} is not a path"
+        return None
+
 
 class JobRecord(BaseModel):
     id: int
@@ -82,15 +168,40 @@ class AutostopConfig(BaseModel):
 
 class ClusterInput(BaseModel):
     name: str
+    # Where to run when `candidates` is empty (the shape a foreign client sends).
     infra: str = "local"
     num_nodes: int = 1
-    resources: dict = Field(default_factory=dict)
+    resources: dict[str, Any] = Field(default_factory=dict)
+    # any_of / ordered: the places to try; empty means [Candidate(infra, resources)].
+    candidates: list[Candidate] = Field(default_factory=list)
+    # True: try candidates in the given order (`ordered`); False: cheapest first (any_of).
+    ordered: bool = False
     autostop: AutostopConfig = Field(default_factory=AutostopConfig)
     user: str = ""
-    # Seconds between looks at a running job on its nodes.
+    # Unused since jobs are watched by the shared watcher (kept: recorded inputs carry it).
     poll_seconds: float = 1.0
+    # With no news from a watcher for this long, the workflow looks at its nodes itself.
+    check_every_seconds: float = 1800.0
+    # Continue as new past this many history events even if Temporal does not suggest it
+    # yet (tests use it; None: when suggested).
+    continue_after_events: int | None = None
     # Set when the workflow continues as new: everything it knew.
     carried: ClusterState | None = None
+
+    def all_candidates(self) -> list[Candidate]:
+        return self.candidates or [Candidate(infra=self.infra, resources=self.resources)]
+
+    def problems(self, workflow_id: str | None = None) -> str | None:
+        """What makes this input unacceptable, or None. The workflow's id must be the one
+        its name gives (`cluster-<name>`): clients and the watcher find it by that."""
+        problem = name_problem(self.name)
+        if problem:
+            return f"name: {problem}"
+        if workflow_id is not None and workflow_id != cluster_workflow_id(self.name):
+            return f"workflow id {workflow_id!r}: expected {cluster_workflow_id(self.name)!r}"
+        if not 1 <= self.num_nodes <= MAX_NODES:
+            return f"num_nodes: expected 1 to {MAX_NODES}, got {self.num_nodes}"
+        return _infra_problem(self.infra, "infra") or _candidates_problem(self.all_candidates())
 
 
 class ClusterState(BaseModel):
@@ -98,12 +209,16 @@ class ClusterState(BaseModel):
     # Set once at the first run: tells this cluster's nodes from an older namesake's.
     uid: str = ""
     handle: ClusterHandle | None = None
+    # Where the nodes are (the placement that gave them), once launched.
+    infra: str | None = None
     jobs: list[JobRecord] = Field(default_factory=list)
     next_job_id: int = 1
     launched_at: datetime | None = None
     last_active: datetime | None = None
     autostop: AutostopConfig = Field(default_factory=AutostopConfig)
     reason: str | None = None
+    # Placements tried that gave no nodes, in order (the failover table).
+    launch_attempts: list[LaunchAttempt] = Field(default_factory=list)
 
 
 class SubmitJobInput(BaseModel):
@@ -160,14 +275,17 @@ class JobView(BaseModel):
 class ClusterDescription(BaseModel):
     name: str
     status: ClusterStatus
+    # Where the cluster runs: its placement once launched, else what was asked.
     infra: str
     num_nodes: int
-    resources: dict
+    resources: dict[str, Any]
     handle: ClusterHandle | None
     launched_at: datetime | None
     autostop: AutostopConfig
     reason: str | None
     jobs: list[JobView]
+    launch_attempts: list[LaunchAttempt] = Field(default_factory=list)
+    capabilities: list[Capability] = Field(default_factory=list)
 
 
 class ClusterResult(BaseModel):
@@ -178,18 +296,8 @@ class ClusterResult(BaseModel):
 
 # ---- managed jobs ----------------------------------------------------------------------
 
-MANAGED_JOB_WORKFLOW = "ManagedJobWorkflow"
-JOB_IDS_WORKFLOW = "JobIdsWorkflow"
-JOB_IDS_WORKFLOW_ID = "skyloom-job-ids"
-# The watcher's signal to a workflow: list[Observation] of phases ended / nodes preempted.
-OBSERVE_SIGNAL = "observe"
 # A managed job runs as job 1 of each cluster it launches.
 MANAGED_JOB_ON_CLUSTER = 1
-CANCEL_SIGNAL = "cancel"
-
-
-def managed_job_workflow_id(job_id: int) -> str:
-    return f"job-{job_id}"
 
 
 class ManagedJobStatus(StrEnum):
@@ -220,30 +328,11 @@ _MJ_TERMINAL = {
 }
 
 
-class Candidate(BaseModel):
-    """One place the task may run (an entry of any_of/ordered, or the resources)."""
-
-    infra: str
-    resources: dict = Field(default_factory=dict)
-
-
 class ManagedTask(BaseModel):
     spec: JobSpec
     candidates: list[Candidate]
-
-
-class ManagedJobInput(BaseModel):
-    job_id: int
-    name: str
-    tasks: list[ManagedTask]
-    recovery: RecoveryPolicy = Field(default_factory=RecoveryPolicy)
-    user: str = ""
-    # With no news from a watcher for this long, the workflow looks itself (safety net).
-    # Each look is ~10 history events and an activity: every 5 min, 10,000 waiting jobs
-    # made 33 looks a second, a third of the engine's work; the watcher is the real path.
-    check_every_seconds: float = 1800.0
-    # Between launch retries while recovering (no capacity anywhere).
-    retry_launch_seconds: float = 30.0
+    # True: try candidates in the given order (`ordered`); False: cheapest first (any_of).
+    ordered: bool = False
 
 
 class ManagedJobView(BaseModel):
@@ -262,3 +351,99 @@ class ManagedJobView(BaseModel):
     reason: str | None = None
     handle: ClusterHandle | None = None
     events: list[str] = Field(default_factory=list)
+    # The last launch's placements that gave no nodes (the failover table).
+    launch_attempts: list[LaunchAttempt] = Field(default_factory=list)
+
+
+class AttemptStage(StrEnum):
+    """How far the current attempt has come (where a continued run picks it up)."""
+
+    SYNC = "SYNC"
+    SETUP = "SETUP"
+    RUN = "RUN"
+
+
+class CurrentAttempt(BaseModel):
+    cluster: str
+    handle: ClusterHandle
+    # Index of the placement it runs on (where the next launch starts from).
+    placement: int
+    stage: AttemptStage = AttemptStage.SYNC
+
+
+class ManagedJobState(BaseModel):
+    """Everything a managed job knows; carried whole when it continues as new."""
+
+    view: ManagedJobView
+    attempts: int = 0
+    restarts: int = 0
+    # Where the last attempt ran (placement index and `<candidate>:<where>`, to find it in
+    # the next plan), and whether to move on from there.
+    last_placement: int | None = None
+    last_where: str | None = None
+    move_on: bool = False
+    # Clusters launched (or being launched) and not yet terminated.
+    live: dict[str, ClusterRef] = Field(default_factory=dict)
+    current: CurrentAttempt | None = None
+    # What the watcher told about the current cluster.
+    observed: list[Observation] = Field(default_factory=list)
+    cancel_requested: bool = False
+
+
+class ManagedJobInput(BaseModel):
+    job_id: int
+    name: str
+    tasks: list[ManagedTask]
+    recovery: RecoveryPolicy = Field(default_factory=RecoveryPolicy)
+    user: str = ""
+    # With no news from a watcher for this long, the workflow looks itself (safety net).
+    # Each look is ~10 history events and an activity: every 5 min, 10,000 waiting jobs
+    # made 33 looks a second, a third of the engine's work; the watcher is the real path.
+    check_every_seconds: float = 1800.0
+    # Between launch retries while recovering (no capacity anywhere).
+    retry_launch_seconds: float = 30.0
+    # Continue as new past this many history events even if Temporal does not suggest it
+    # yet (tests use it; None: when suggested).
+    continue_after_events: int | None = None
+    # Set when the workflow continues as new.
+    carried: ManagedJobState | None = None
+
+    def problems(self, workflow_id: str | None = None) -> str | None:
+        problem = name_problem(self.name)
+        if problem:
+            return f"name: {problem}"
+        if self.job_id < 1:
+            return f"job_id: expected a positive id, got {self.job_id}"
+        if workflow_id is not None and workflow_id != managed_job_workflow_id(self.job_id):
+            want = managed_job_workflow_id(self.job_id)
+            return f"workflow id {workflow_id!r}: expected {want!r}"
+        if not 1 <= len(self.tasks) <= MAX_TASKS:
+            return f"tasks: expected 1 to {MAX_TASKS} tasks, got {len(self.tasks)}"
+        for i, task in enumerate(self.tasks):
+            if not task.candidates:
+                return f"tasks[{i}].candidates: expected at least one place to run"
+            problem = task.spec.problems() or _candidates_problem(task.candidates)
+            if problem:
+                return f"tasks[{i}].{problem}"
+        return None
+
+
+# ---- watchers and sessions -------------------------------------------------------------
+
+
+class WatcherInput(BaseModel):
+    key: str
+
+
+class SessionInput(BaseModel):
+    # The session ends after this long with no request from its client.
+    idle_seconds: float = 120.0
+
+
+class PreemptRequest(BaseModel):
+    cluster: str
+    infra: str = "local"
+
+    def problems(self) -> str | None:
+        problem = name_problem(self.cluster)
+        return f"cluster: {problem}" if problem else _infra_problem(self.infra, "infra")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import time
 from collections.abc import Callable
@@ -14,62 +15,155 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-from skyloom.activities.errors import ErrorKind, provider_error
+from skyloom.activities.errors import ErrorKind, Where, provider_error
 from skyloom.activities.models import (
+    Capability,
     ClusterHandle,
     ClusterRef,
     NodeInfo,
+    NodeState,
     Observation,
+    Offer,
     Phase,
+    PhaseState,
     ProvisionInput,
     WatchedObservation,
 )
-from skyloom.activities.providers.base import Provider
+from skyloom.activities.providers.base import KILL_ALL_JOBS, Provider, min_amount, safe_name
 from skyloom.activities.runners import LocalRunner, Runner
+
+# A local node is a process group on this machine: more than this many in one cluster is
+# a typo (`--num-nodes 99999`), not a plan.
+MAX_NODES = 32
+
+_CAPABILITIES = frozenset(
+    {
+        Capability.STOP,
+        Capability.SPOT,
+        Capability.MULTI_NODE,
+        Capability.WATCH,
+        Capability.SIMULATE_PREEMPTION,
+        # Every port of a local node is a port of this machine: nothing to open.
+        Capability.OPEN_PORTS,
+    }
+)
 
 
 class LocalProvider(Provider):
     name = "local"
+    capabilities = _CAPABILITIES
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._sweep = _Sweep()
 
     def _cluster_dir(self, cluster: str) -> Path:
-        return self.root / cluster
+        return self.root / safe_name(cluster)
 
-    def launch(self, req: ProvisionInput) -> ClusterHandle:
+    def offers(self, infra: str, resources: dict[str, Any], num_nodes: int) -> list[Offer]:
+        if infra.lower() != "local":
+            raise provider_error(
+                ErrorKind.INVALID_SPEC,
+                f"infra {infra!r}: the local infra has no regions or zones; use `local`",
+                where=Where(infra=infra, field="resources.infra"),
+            )
+        if num_nodes > MAX_NODES:
+            raise provider_error(
+                ErrorKind.INVALID_SPEC,
+                f"{num_nodes} nodes asked; the local infra runs at most {MAX_NODES} nodes "
+                "per cluster (they are processes on this machine)",
+                where=Where(infra=infra, field="num_nodes"),
+            )
+        cpus, memory = float(os.cpu_count() or 1), _memory_gb()
+        short = _shortfall(resources, cpus, memory)
+        if short is not None:
+            field, why = short
+            raise provider_error(ErrorKind.NO_CAPACITY, why, where=Where(infra=infra, field=field))
+        return [
+            Offer(
+                infra="local",
+                cpus=cpus,
+                memory_gb=memory,
+                spot=bool(resources.get("use_spot")),
+                max_nodes=MAX_NODES,
+                capabilities=sorted(self.capabilities),
+            )
+        ]
+
+    def create(self, req: ProvisionInput) -> ClusterHandle:
+        cdir = self._cluster_dir(req.cluster)
         if req.resources.get("accelerators"):
-            raise provider_error(ErrorKind.NO_CAPACITY, "the local infra has no accelerators")
+            raise provider_error(
+                ErrorKind.NO_CAPACITY,
+                "the local infra has no accelerators",
+                where=Where(infra="local", field="resources.accelerators"),
+            )
+        if req.num_nodes > MAX_NODES:
+            raise provider_error(
+                ErrorKind.INVALID_SPEC,
+                f"the local infra runs at most {MAX_NODES} nodes per cluster",
+                where=Where(infra="local", field="num_nodes"),
+            )
+        owner = req.owner or req.cluster
+        if _owner_of(cdir) not in (None, owner):
+            # An older cluster of the same name left this behind: it is garbage, never
+            # adopted (its finished jobs must not pass for ours).
+            self._remove(cdir)
         nodes = []
         for rank in range(req.num_nodes):
-            d = self._cluster_dir(req.cluster) / f"node-{rank}"
+            d = cdir / f"node-{rank}"
             d.mkdir(parents=True, exist_ok=True)
             meta = d / "node.json"
             if not meta.exists():
                 # The tag file is the idempotency key: a rerun finds the node, never doubles it.
-                meta.write_text(json.dumps({"cluster": req.cluster, "rank": rank}))
+                meta.write_text(json.dumps({"cluster": req.cluster, "rank": rank, "owner": owner}))
             nodes.append(NodeInfo(rank=rank, node_id=f"{req.cluster}-{rank}", root=str(d)))
-        return ClusterHandle(cluster=req.cluster, infra="local", nodes=nodes)
+        return ClusterHandle(
+            cluster=req.cluster,
+            infra="local",
+            nodes=nodes,
+            owner=owner,
+            spot=bool(req.resources.get("use_spot")),
+            capabilities=sorted(self.capabilities),
+        )
 
     def terminate(self, ref: ClusterRef) -> None:
-        cluster = ref.cluster
-        d = self._cluster_dir(cluster)
-        if not d.exists():
+        cdir = self._cluster_dir(ref.cluster)
+        if not cdir.exists():
             return
-        handle = ClusterHandle(
-            cluster=cluster,
-            infra="local",
-            nodes=[
-                NodeInfo(rank=i, node_id=p.name, root=str(p))
-                for i, p in enumerate(sorted(d.glob("node-*")))
-            ],
-        )
-        self.stop(handle)
-        shutil.rmtree(d, ignore_errors=True)
+        if ref.owner and _owner_of(cdir) not in (None, ref.owner):
+            return  # a newer cluster of the same name: not ours to remove
+        self._remove(cdir)
+
+    def _remove(self, cdir: Path) -> None:
+        self._kill_all(_nodes_of(cdir))
+        shutil.rmtree(cdir, ignore_errors=True)
+
+    def _kill_all(self, nodes: list[NodeInfo]) -> None:
+        for node in nodes:
+            LocalRunner(node).run(KILL_ALL_JOBS.format(root=shlex.quote(node.root)), timeout=30)
+
+    def stop(self, handle: ClusterHandle) -> None:
+        self._kill_all(handle.nodes)
+
+    def start(self, handle: ClusterHandle) -> ClusterHandle:
+        return handle
+
+    def open_ports(self, handle: ClusterHandle, ports: list[str]) -> None:
+        return None
 
     def runner(self, node: NodeInfo) -> Runner:
         return LocalRunner(node)
+
+    def describe(self, handle: ClusterHandle) -> list[NodeState]:
+        out = []
+        for node in handle.nodes:
+            root = Path(node.root)
+            if not root.exists():
+                out.append(NodeState.GONE)
+            else:
+                out.append(NodeState.PREEMPTED if _preempted(root) else NodeState.UP)
+        return out
 
     def existing_clusters(self) -> list[str]:
         return (
@@ -81,28 +175,19 @@ class LocalProvider(Provider):
     def preempt(self, cluster: str) -> None:
         """Mark every node preempted (what the provider reports from now on), then kill
         every process on it, as a reclaimed spot instance does."""
-        d = self._cluster_dir(cluster)
-        nodes = sorted(d.glob("node-*")) if d.exists() else []
+        cdir = self._cluster_dir(cluster)
+        nodes = _nodes_of(cdir)
         if not nodes:
-            raise provider_error(ErrorKind.INVALID_SPEC, f"no local cluster {cluster!r}")
-        for node in nodes:
-            (node / "preempted").write_text("preempted\n")
-        self.stop(
-            ClusterHandle(
-                cluster=cluster,
-                infra="local",
-                nodes=[NodeInfo(rank=i, node_id=n.name, root=str(n)) for i, n in enumerate(nodes)],
+            raise provider_error(
+                ErrorKind.INVALID_SPEC,
+                f"no local cluster {cluster!r}",
+                where=Where(infra="local", field="cluster"),
             )
-        )
+        for node in nodes:
+            (Path(node.root) / "preempted").write_text("preempted\n")
+        self._kill_all(nodes)
 
-    def node_states(self, handle: ClusterHandle) -> list[str]:
-        out = []
-        for node in handle.nodes:
-            root = Path(node.root)
-            out.append("gone" if not root.exists() else "preempted" if _preempted(root) else "up")
-        return out
-
-    def scan(self) -> list[WatchedObservation]:
+    def sweep(self, key: str) -> list[WatchedObservation]:
         """All local nodes live on this one host: one sweep of the directories covers every
         watched phase and every preempted node. The sweep remembers what it read (see
         _Sweep), so a round where nothing changed costs a stat per directory and a
@@ -134,17 +219,55 @@ class LocalProvider(Provider):
                             continue
                         if preempted and wid not in told:
                             told.add(wid)
-                            obs = Observation(cluster=cluster, rank=rank, state="preempted")
+                            obs = Observation(cluster=cluster, rank=rank, state=NodeState.PREEMPTED)
                             out.append(WatchedObservation(workflow_id=wid, observation=obs))
                         if seen.ended is not None:
                             out.append(seen.ended)
                         elif seen.pid is not None and not _alive(seen.pid):
                             # Exited, if it wrote its code between our two looks; else killed.
                             code = _int(_read(f"{pdir}/exit_code"))
-                            state = "exited" if code is not None else "killed"
+                            state = PhaseState.EXITED if code is not None else PhaseState.KILLED
                             out.append(_report(wid, cluster, rank, job, phase, state, code))
         sweep.end()
         return out
+
+
+def _nodes_of(cdir: Path) -> list[NodeInfo]:
+    nodes = sorted(cdir.glob("node-*"), key=lambda p: int(p.name.split("-", 1)[1]))
+    return [NodeInfo(rank=i, node_id=p.name, root=str(p)) for i, p in enumerate(nodes)]
+
+
+def _owner_of(cdir: Path) -> str | None:
+    """The owner recorded on the cluster's first node (None: no node, or none recorded)."""
+    try:
+        meta = json.loads((cdir / "node-0" / "node.json").read_text())
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        return None
+    owner = meta.get("owner")
+    return str(owner) if owner else None
+
+
+def _memory_gb() -> float:
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        return round(pages * size / 2**30, 1)
+    except (ValueError, OSError):
+        return 0.0
+
+
+def _shortfall(resources: dict[str, Any], cpus: float, memory: float) -> tuple[str, str] | None:
+    """(field, why) when one local node can never meet the resources."""
+    if resources.get("accelerators"):
+        return "resources.accelerators", "the local infra has no accelerators"
+    if resources.get("instance_type"):
+        return "resources.instance_type", "the local infra has no instance types"
+    want = min_amount(resources.get("cpus"))
+    if want is not None and want > cpus:
+        return "resources.cpus", f"{want:g} CPUs asked; this machine has {cpus:g}"
+    want = min_amount(resources.get("memory"))
+    if want is not None and memory and want > memory:
+        return "resources.memory", f"{want:g} GB of memory asked; this machine has {memory:g} GB"
+    return None
 
 
 # A directory whose mtime is younger than this is read again whatever its mtime says: two
@@ -243,12 +366,16 @@ def _phase(cluster: str, rank: int, job: str, pdir: str) -> _PhaseSeen:
     if not wid or phase not in (Phase.SETUP, Phase.RUN):
         return _PhaseSeen(None, None, None)
     code = _int(_read(f"{pdir}/exit_code"))
-    ended = _report(wid, cluster, rank, job, phase, "exited", code) if code is not None else None
+    ended = (
+        _report(wid, cluster, rank, job, phase, PhaseState.EXITED, code)
+        if code is not None
+        else None
+    )
     return _PhaseSeen(wid, ended, _int(_read(f"{pdir}/pid")))
 
 
 def _report(
-    wid: str, cluster: str, rank: int, job: str, phase: str, state: str, code: int | None
+    wid: str, cluster: str, rank: int, job: str, phase: str, state: PhaseState, code: int | None
 ) -> WatchedObservation:
     obs = Observation(
         cluster=cluster,

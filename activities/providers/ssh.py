@@ -22,17 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from skyloom.activities.errors import ErrorKind, provider_error
+from skyloom.activities.errors import ErrorKind, Where, provider_error
 from skyloom.activities.models import (
+    Capability,
+    CheckResult,
     ClusterHandle,
     ClusterRef,
     NodeInfo,
-    Observation,
-    Phase,
+    Offer,
     ProvisionInput,
     WatchedObservation,
 )
-from skyloom.activities.providers.base import KILL_ALL_JOBS, CheckResult, Provider
+from skyloom.activities.providers.base import KILL_ALL_JOBS, Provider, safe_name
 from skyloom.activities.runners import CommandResult, Runner, rsync_filters
 from skyloom.spec.loader import SpecError
 from skyloom.spec.node_pools import POOLS_FILE, SSHHost, load_pools, pool_hosts
@@ -40,6 +41,7 @@ from temporalio.exceptions import ApplicationError
 
 if TYPE_CHECKING:
     from fabric import Connection
+    from skyloom.activities.providers.ssh_watch import HostWatches
 
 CONNECT_TIMEOUT = 10
 NODE_DIR = ".skyloom_node"
@@ -53,22 +55,6 @@ echo "owner=$(readlink "$root/claim" 2>/dev/null)"
 if command -v nvidia-smi >/dev/null 2>&1; then
   nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | sed 's/^/gpu=/'
 fi
-true
-"""
-# Every watched phase on a host, one line each: "<workflow> <cluster> <rank> <job> <phase>
-# <state> [code]" for phases that ended (the watcher's one look per host per round).
-_SWEEP = r"""
-for w in "$HOME"/{node_dir}/{key}/jobs/*/*/watch; do
-  [ -f "$w" ] || continue
-  d=${{w%/watch}}; phase=${{d##*/}}; j=${{d%/*}}; job=${{j##*/}}
-  {{ read -r wid; read -r cluster; read -r rank; }} < "$w"
-  at="$wid $cluster $rank $job $phase"
-  if [ -f "$d/exit_code" ]; then echo "$at exited $(cat "$d/exit_code")"
-  elif [ -f "$d/pid" ] && ! kill -0 "$(cat "$d/pid")" 2>/dev/null; then
-    if [ -f "$d/exit_code" ]; then echo "$at exited $(cat "$d/exit_code")"
-    else echo "$at killed"; fi
-  fi
-done
 true
 """
 # A fresh claim clears what an earlier holder may have left (it is stale by definition).
@@ -331,10 +317,17 @@ class SSHRunner(Runner):
             stdin=content,
         ).check(f"write {path} on {self.host.address}")
 
-    def read_file(self, path: str, offset: int = 0) -> bytes:
-        # A command, not SFTP: hosts without the sftp subsystem are common.
+    def read_file(self, path: str, offset: int = 0, *, wait_seconds: float = 0) -> bytes:
+        # A command, not SFTP: hosts without the sftp subsystem are common. A waiting read
+        # waits on the host, so a follower costs one login per burst of output.
         q = shlex.quote(path)
-        code, out, _ = self._exec(f"[ -f {q} ] && tail -c +{offset + 1} {q}", None, 60)
+        wait = max(0, int(wait_seconds * 10))
+        script = (
+            f'n={wait}; while [ $n -gt 0 ] && [ "$(wc -c < {q} 2>/dev/null || echo 0)" '
+            f"-le {int(offset)} ]; do sleep 0.1; n=$((n-1)); done; "
+            f"[ -f {q} ] && tail -c +{int(offset) + 1} {q}"
+        )
+        code, out, _ = self._exec(script, None, 60 + wait_seconds)
         return out if code == 0 else b""
 
     def sync_dir(self, source: str, target: str) -> None:
@@ -463,10 +456,21 @@ class _Probe:
 
 class SSHProvider(Provider):
     name = "ssh"
+    # No spot (the hosts are the user's), no ports to open (their network decides).
+    capabilities = frozenset({Capability.STOP, Capability.MULTI_NODE, Capability.WATCH})
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, *, unreachable_grace: float = 60.0) -> None:
         self.pools_file = home / POOLS_FILE
         self.conns = Connections(home / "ssh" / "known_hosts")
+        # A watched node unreachable for this long fails its phase.
+        self.unreachable_grace = unreachable_grace
+        # Started by the first sweep: only the worker that runs the watcher holds them.
+        self.watches: HostWatches | None = None
+
+    def close(self) -> None:
+        if self.watches is not None:
+            self.watches.close()
+        self.conns.close_all()
 
     # -- helpers
 
@@ -474,12 +478,16 @@ class SSHProvider(Provider):
         _, _, pool = infra.partition("/")
         if not pool:
             raise provider_error(
-                ErrorKind.INVALID_SPEC, f"infra {infra!r}: name the pool, as ssh/<pool>"
+                ErrorKind.INVALID_SPEC,
+                f"infra {infra!r}: name the pool, as ssh/<pool>",
+                where=Where(infra=infra, field="resources.infra"),
             )
         try:
             return pool, pool_hosts(self.pools_file, pool)
         except SpecError as e:
-            raise provider_error(ErrorKind.INVALID_SPEC, str(e)) from None
+            raise provider_error(
+                ErrorKind.INVALID_SPEC, str(e), where=Where(infra=infra, field="resources.infra")
+            ) from None
 
     def _host_of(self, node: NodeInfo) -> SSHHost:
         pool, _, key = node.node_id.partition("/")
@@ -549,7 +557,51 @@ class SSHProvider(Provider):
 
     # -- the interface
 
-    def launch(self, req: ProvisionInput) -> ClusterHandle:
+    def offers(self, infra: str, resources: dict[str, Any], num_nodes: int) -> list[Offer]:
+        """The pool's hosts that could hold the cluster, probed now (GPUs are read on the
+        host). A pool that can never hold it (unknown, too small, no such GPUs, spot) is
+        refused here, before anything is claimed."""
+        pool, hosts = self._pool(infra)
+        if num_nodes > len(hosts):
+            raise provider_error(
+                ErrorKind.INVALID_SPEC,
+                f"{num_nodes} nodes asked, SSH node pool {pool!r} has {len(hosts)} host(s) "
+                f"({self.pools_file})",
+                where=Where(infra=infra, field="num_nodes"),
+            )
+        if resources.get("use_spot"):
+            raise provider_error(
+                ErrorKind.NO_CAPACITY,
+                "SSH node pools have no spot nodes",
+                where=Where(infra=infra, field="resources.use_spot"),
+            )
+        want = resources.get("accelerators") or None
+        probes = self._probe_all(hosts)
+        down = [p for p in probes if p.error is not None]
+        fit = [p for p in probes if p.error is None and gpus_fit(p.gpus, want)]
+        if want and len(fit) + len(down) < num_nodes:
+            asked = ", ".join(f"{n}:{c or 1:g}" for n, c in want.items())
+            report = "\n  ".join(p.describe() for p in probes)
+            raise provider_error(
+                ErrorKind.NO_CAPACITY,
+                f"pool {pool!r} has {len(fit)} host(s) with {asked}; the task needs "
+                f"{num_nodes}:\n  {report}",
+                where=Where(infra=infra, field="resources.accelerators"),
+            )
+        # What every fitting host has: the least a node of this offer is sure to get.
+        common = set.intersection(*(set(p.gpus) for p in fit)) if fit else set()
+        gpus = {name: float(min(p.gpus[name] for p in fit)) for name in sorted(common)}
+        return [
+            Offer(
+                infra=infra,
+                accelerators=gpus,
+                max_nodes=len(hosts),
+                capabilities=sorted(self.capabilities),
+            )
+        ]
+
+    def create(self, req: ProvisionInput) -> ClusterHandle:
+        safe_name(req.cluster)
         pool, hosts = self._pool(req.infra)
         owner = req.owner or req.cluster
         want = req.resources.get("accelerators") or None
@@ -564,6 +616,7 @@ class SSHProvider(Provider):
                 ErrorKind.NO_CAPACITY,
                 f"pool {pool!r} has {len(fit)} host(s) with {asked}; the task needs "
                 f"{req.num_nodes}:\n  {report}",
+                where=Where(infra=req.infra, field="resources.accelerators"),
             )
         mine = [p for p in fit if p.owner == owner]
         free = [p for p in fit if not p.owner]
@@ -590,12 +643,14 @@ class SSHProvider(Provider):
                 kind,
                 f"pool {pool!r}: {len(mine)} of {req.num_nodes} host(s) available for "
                 f"cluster {req.cluster!r}:\n  {report}",
+                where=Where(infra=req.infra),
             )
         return ClusterHandle(
             cluster=req.cluster,
             infra=req.infra,
             owner=owner,
             nodes=[self._node(rank, p) for rank, p in enumerate(mine)],
+            capabilities=sorted(self.capabilities),
         )
 
     def _claim_more(self, mine: list[_Probe], free: list[_Probe], req: ProvisionInput) -> None:
@@ -632,6 +687,11 @@ class SSHProvider(Provider):
     def runner(self, node: NodeInfo) -> Runner:
         return SSHRunner(self._host_of(node), self.conns)
 
+    def stop(self, handle: ClusterHandle) -> None:
+        """Kill every job; the hosts stay claimed by the cluster."""
+        for node in handle.nodes:
+            self.runner(node).run(KILL_ALL_JOBS.format(root=shlex.quote(node.root)), timeout=30)
+
     def start(self, handle: ClusterHandle) -> ClusterHandle:
         for node in handle.nodes:
             host = self._host_of(node)
@@ -646,57 +706,49 @@ class SSHProvider(Provider):
                 )
         return handle
 
-    def scan(self) -> list[WatchedObservation]:
-        """One command per host of every pool, covering every watched phase on it. A host
-        that does not answer says nothing this round (never a preemption: SSH hosts are
-        not spot; a job on a host gone for long is failed by its workflow's own look)."""
+    def sweep(self, key: str) -> list[WatchedObservation]:
+        """Every ended watched phase on every host of every pool, from one long-lived
+        channel per host (ssh_watch.py: the user's shell init runs once per connection,
+        not once per look). A host cut off for longer than the grace reports its running
+        phases unreachable. SSH hosts are not spot: nothing is ever preempted here."""
+        watches = self._watches()
         try:
             pools = load_pools(self.pools_file)
         except SpecError:
-            return []
-        hosts = [h for hs in pools.values() for h in hs]
-        if not hosts:
-            return []
+            # The file is being edited: keep watching what was watched.
+            return watches.observations()
+        watches.sync(h for hs in pools.values() for h in hs)
+        return watches.observations()
 
-        def sweep(host: SSHHost) -> list[WatchedObservation]:
-            try:
-                res = SSHRunner(host, self.conns).run(
-                    _SWEEP.format(node_dir=NODE_DIR, key=host.key), timeout=30
-                )
-            except ApplicationError:
-                return []
-            out = []
-            for line in res.stdout.splitlines():
-                parts = line.split()
-                if len(parts) < 6 or parts[4] not in ("setup", "run"):
-                    continue
-                wid, cluster, rank, job, phase, state = parts[:6]
-                code = int(parts[6]) if state == "exited" and len(parts) > 6 else None
-                obs = Observation(
-                    cluster=cluster,
-                    rank=int(rank),
-                    state=state,
-                    job_id=int(job),
-                    phase=Phase(phase),
-                    exit_code=code,
-                )
-                out.append(WatchedObservation(workflow_id=wid, observation=obs))
-            return out
+    def _watches(self) -> HostWatches:
+        if self.watches is None:
+            # Imported here: ssh_watch builds on this module's connections.
+            from skyloom.activities.providers.ssh_watch import HostWatches
 
-        with ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool:
-            return [o for found in pool.map(sweep, hosts) for o in found]
+            self.watches = HostWatches(self.conns, grace=self.unreachable_grace)
+        return self.watches
 
     def check(self) -> list[CheckResult]:
+        caps = sorted(self.capabilities)
         try:
             pools = load_pools(self.pools_file)
         except SpecError as e:
-            return [CheckResult("ssh", False, str(e))]
+            return [CheckResult(infra="ssh", enabled=False, reason=str(e))]
         if not pools:
-            return [CheckResult("ssh", False, f"no pools in {self.pools_file}")]
+            return [
+                CheckResult(infra="ssh", enabled=False, reason=f"no pools in {self.pools_file}")
+            ]
         out = []
         for pool, hosts in pools.items():
             probes = self._probe_all(hosts)
             ok = [p for p in probes if p.error is None]
-            reason = f"{len(ok)}/{len(probes)} hosts reachable"
-            out.append(CheckResult(f"ssh/{pool}", bool(ok), reason, [p.describe() for p in probes]))
+            out.append(
+                CheckResult(
+                    infra=f"ssh/{pool}",
+                    enabled=bool(ok),
+                    reason=f"{len(ok)}/{len(probes)} hosts reachable",
+                    details=[p.describe() for p in probes],
+                    capabilities=caps,
+                )
+            )
         return out

@@ -1,32 +1,44 @@
-"""The shared watcher's bookkeeping, with a scripted provider and a recording client:
-it tells each workflow each change once, tells again what it failed to deliver, never
-turns a failed sweep into news, and slows down rather than hog the worker."""
+"""The watcher's bookkeeping, with a scripted provider and a recording client: it tells
+each workflow each change once, tells again what it failed to deliver, never turns a
+failed sweep into news, and slows down rather than hog the worker."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 
+import pytest
 from skyloom.activities.cluster import Providers
-from skyloom.activities.models import Observation, Phase, WatchedObservation
+from skyloom.activities.models import (
+    OBSERVE_SIGNAL,
+    Capability,
+    Observation,
+    Phase,
+    WatchedObservation,
+)
 from skyloom.activities.providers.base import Provider
-from skyloom.worker.watcher import MAX_PAUSE, Watcher
-from skyloom.workflows.models import OBSERVE_SIGNAL
+from skyloom.activities.watch import MAX_PAUSE, Watcher
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 
 class ScriptedProvider(Provider):
     name = "scripted"
+    capabilities = frozenset({Capability.WATCH})
 
     def __init__(self) -> None:
         self.now: list[WatchedObservation] | Exception = []
 
-    def scan(self):
+    def sweep(self, key):
+        assert key == "scripted"
         if isinstance(self.now, Exception):
             raise self.now
         return list(self.now)
 
     # Not used by the watcher.
-    def launch(self, req):  # pragma: no cover
+    def offers(self, infra, resources, num_nodes):  # pragma: no cover
+        raise NotImplementedError
+
+    def create(self, req):  # pragma: no cover
         raise NotImplementedError
 
     def terminate(self, ref):  # pragma: no cover
@@ -66,7 +78,7 @@ def ended(wid: str, cluster: str, code: int | None, state: str = "exited") -> Wa
 def watcher(forget_after: int = 60) -> tuple[Watcher, ScriptedProvider, RecordingClient]:
     provider = ScriptedProvider()
     client = RecordingClient()
-    w = Watcher(client, Providers({"scripted": provider}), forget_after=forget_after)  # type: ignore[arg-type]
+    w = Watcher(client, Providers({"scripted": provider}), "scripted", forget_after=forget_after)
     return w, provider, client
 
 
@@ -112,9 +124,9 @@ async def test_what_stays_gone_is_forgotten():
     provider.now = []
     for _ in range(3):
         await w.round()
-    assert w.delivered  # a host that misses a few sweeps is not news when it is back
+    assert w.tracker.delivered  # a host that misses a few sweeps is not news when back
     await w.round()
-    assert not w.delivered
+    assert not w.tracker.delivered
 
 
 def test_slow_sweeps_stretch_the_pause_within_a_bound():
@@ -122,3 +134,8 @@ def test_slow_sweeps_stretch_the_pause_within_a_bound():
     assert w.pause_after(0.01) == w.interval
     assert w.pause_after(0.5) == 2.0
     assert w.pause_after(10.0) == MAX_PAUSE
+
+
+def test_a_key_the_provider_does_not_watch_is_refused():
+    with pytest.raises(ApplicationError):
+        Watcher(RecordingClient(), Providers({"scripted": ScriptedProvider()}), "scripted/x")

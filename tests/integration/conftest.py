@@ -116,4 +116,4 @@ def nodes_root(sky: Sky) -> Path:
 @pytest.fixture
 def name(request: pytest.FixtureRequest) -> str:
     """A cluster name unique to the test."""
-    return request.node.name.removeprefix("test_").replace("_", "-")[:40]
+    return request.node.name.removeprefix("test_").replace("_", "-")[:40].rstrip("-")

@@ -98,6 +98,50 @@ def test_bad_flags_exit_2(sky: Sky):
     assert sky.run("queue", "no-such-cluster").returncode == 2
 
 
+@pytest.mark.parametrize(
+    "flags,named",
+    [
+        (["-i", "-5"], "'-i'"),
+        (["--cpus", "0"], "--cpus"),
+        (["--memory", "0"], "--memory"),
+        (["--infra", "local/zone/extra"], "--infra"),
+        (["--num-nodes", "99999"], "--num-nodes"),
+        (["--gpus", "A100:0"], "--gpus"),
+        (["-c", "../../../tmp/x"], "-c/--cluster"),
+        (["-c", "Bad Name!"], "-c/--cluster"),
+    ],
+)
+def test_flags_get_the_yaml_checks_and_errors_name_the_flag(sky: Sky, flags, named):
+    before = sky.clusters()
+    p = sky.run("launch", "--dryrun", "-y", *flags, "echo hi")
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert named in p.stderr and "Traceback" not in p.stderr
+    assert sky.clusters() == before
+
+
+def test_the_local_infra_states_its_node_limit(sky: Sky):
+    p = sky.run("launch", "--dryrun", "--num-nodes", "99999", "echo hi")
+    assert p.returncode == 2 and "the local infra runs at most 32 nodes" in p.stderr
+
+
+def test_a_name_escaping_the_state_dir_is_refused_and_nothing_is_written(
+    sky: Sky, tmp_path: Path, nodes_root: Path
+):
+    marker = nodes_root.parent.parent / "marker"
+    p = sky.run("launch", "-y", "-c", "../../x", "echo pwned > marker", cwd=tmp_path)
+    assert p.returncode == 2 and "not a valid name" in p.stderr
+    assert not marker.exists() and not (nodes_root.parent / "x").exists()
+    assert sky.run("jobs", "launch", "-y", "-n", "../x", "echo").returncode == 2
+
+
+def test_an_env_declared_without_a_value_needs_one(sky: Sky, name: str, tmp_path: Path):
+    task = write(tmp_path / "t.yaml", "envs:\n  HF_TOKEN:\nrun: echo token=$HF_TOKEN\n")
+    p = sky.run("launch", "-y", "-c", name, str(task))
+    assert p.returncode == 2 and "envs.HF_TOKEN" in p.stderr and "--env" in p.stderr
+    out = sky.ok("launch", "-y", "-c", name, str(task), "--env", "HF_TOKEN=hf_x")
+    assert "token=hf_x" in out
+
+
 def test_unreachable_engine_exits_3_with_what_to_do(sky: Sky):
     p = sky.run("status", TEMPORAL_ADDRESS="127.0.0.1:9", timeout=60)
     assert p.returncode == 3

@@ -160,7 +160,7 @@ def test_chaos_worker_kills_and_preemptions_across_a_batch(sky: Sky, tmp_path: P
     """Worker kill -9 at random moments and random preemptions across a batch of spot jobs
     with setup: every job succeeds, no node is left, setup never ran twice on a node."""
     rng = random.Random(20261123)
-    ids = [launch(sky, counting_job(tmp_path, f"chaos{i}", 30, setup=True)) for i in range(6)]
+    ids = [launch(sky, counting_job(tmp_path, f"chaos{i}", 100, setup=True)) for i in range(6)]
     kills = preemptions = 0
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
@@ -174,10 +174,15 @@ def test_chaos_worker_kills_and_preemptions_across_a_batch(sky: Sky, tmp_path: P
             sky.restart_worker()
             kills += 1
         victim = state[rng.choice(live)]
+        # Preempted mid-run (its checkpoint says it is far from done), a job recovers; one
+        # preempted after its run exited 0 is done and must not (tested on its own).
+        progress = tmp_path / "ckpt" / f"skyloom-job-{victim['id']}-0"
+        far_from_done = progress.exists() and int(progress.read_text() or 0) < 80
         if (
             victim["status"] == "RUNNING"
             and victim["cluster"]
-            and rng.random() < 0.5
+            and far_from_done
+            and rng.random() < 0.7
             and sky.run("debug", "preempt", victim["cluster"]).returncode == 0
         ):
             preemptions += 1
@@ -190,5 +195,29 @@ def test_chaos_worker_kills_and_preemptions_across_a_batch(sky: Sky, tmp_path: P
     recoveries = sum(state[i]["recovery_count"] for i in ids)
     print(f"chaos: {len(ids)} jobs, {kills} worker kills, {preemptions} preemptions, "
           f"{recoveries} recoveries, {sum(setups.values())} setups")  # fmt: skip
-    # A preemption that lands as a job finishes needs no recovery: at least one did.
     assert kills > 0 and preemptions > 0 and recoveries >= 1
+
+
+def test_a_run_that_exited_0_is_done_even_if_its_node_is_preempted_right_after(
+    sky: Sky, tmp_path: Path
+):
+    """The run finishes and its node is reclaimed at the same moment (the job marks its
+    own node preempted as its last act, as a spot reclaim landing then would): the
+    watcher sees both in one sweep. The job is done; it must not run again."""
+    runs = tmp_path / "runs"
+    p = write(
+        tmp_path / "last.yaml",
+        f"""\
+        name: lastbreath
+        resources:
+          use_spot: true
+        run: |
+          echo ran >> {runs}
+          touch "$SKYLOOM_CWD/../preempted"
+        """,
+    )
+    job = launch(sky, p)
+    ended = ("SUCCEEDED", "FAILED", "CANCELLED", "FAILED_NO_RESOURCE")
+    j = wait_until(lambda: (j := jobs(sky)[job])["status"] in ended and j, 90, "the job to end")
+    assert j["status"] == "SUCCEEDED" and j["recovery_count"] == 0
+    assert runs.read_text().splitlines() == ["ran"]

@@ -3,6 +3,9 @@
 Hosts are separate network namespaces with their own addresses where the tests run as
 root (as in CI), and sshd on loopback ports otherwise; both kinds are exercised when
 possible. Every assertion about a node is made on the files the job left there.
+
+As root, hosts are logged into as a dedicated test user with a clean home (tests/sshd.py):
+files a job reads or writes live in `shared`, a directory that user can reach.
 """
 
 from __future__ import annotations
@@ -42,22 +45,23 @@ class Pools:
         return f"ssh/{name}"
 
     def node_root(self, ip: str, port: int) -> Path:
-        return self.node_home / ".skyloom_node" / f"{ip}_{port}"
+        return self.hosts.node_root(ip, port)
 
 
 @pytest.fixture(scope="module")
 def pools(sky: Sky, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pools]:
     hs = SSHHosts(tmp_path_factory.mktemp("sshd"))
     try:
-        yield Pools(
-            hs,
-            Path(sky.env["SKYLOOM_HOME"]) / "ssh_node_pools.yaml",
-            {},
-            Path(os.path.expanduser(f"~{hs.user}")),
-        )
+        yield Pools(hs, Path(sky.env["SKYLOOM_HOME"]) / "ssh_node_pools.yaml", {}, hs.home)
     finally:
         sky.run("down", "-a", "-y", timeout=120)
         hs.close()
+
+
+@pytest.fixture
+def shared(pools: Pools) -> Path:
+    """A directory of this test's that jobs on the hosts (the SSH user) can write."""
+    return pools.hosts.user_dir()
 
 
 def _two_hosts(pools: Pools, name: str) -> tuple[str, list]:
@@ -117,7 +121,7 @@ def test_two_node_job_env_sync_logs_and_down(sky: Sky, pools: Pools, tmp_path: P
     for ignored in ("model.ckpt", "cache.tmp", "notes.txt"):
         assert ignored not in files
     assert "mount=mounted cfg=cfg" in out
-    subprocess.run(f"rm -rf {mnt} {cfg}", shell=True, check=True)
+    subprocess.run(["rm", "-rf", mnt, str(pools.node_home / cfg[2:])], check=True)
     rank1 = sky.ok("logs", "duo", "1", "--no-follow", "--node-rank", "1")
     assert "setup rank 1" in rank1 and "rank=1 n=2 model=llama" in rank1
     assert f"ips={ips}" in rank1
@@ -144,10 +148,10 @@ def test_two_node_job_env_sync_logs_and_down(sky: Sky, pools: Pools, tmp_path: P
     assert "other" not in sky.clusters()
 
 
-def test_exec_cancel_stop_start_on_ssh_nodes(sky: Sky, pools: Pools, tmp_path: Path):
+def test_exec_cancel_stop_start_on_ssh_nodes(sky: Sky, pools: Pools, shared: Path):
     infra, hosts = _two_hosts(pools, "ops")
     sky.ok("launch", "-y", "-c", "ops", "--infra", infra, "--num-nodes", "2", "echo up")
-    pids = tmp_path / "pids"
+    pids = shared / "pids"
     long = f"sleep 300 & echo $SKYPILOT_NODE_RANK:$! >> {pids}; wait"
     sky.ok("exec", "-d", "--num-nodes", "2", "ops", long)
     wait_until(lambda: pids.exists() and len(pids.read_text().split()) == 2, 60, "both ranks")
@@ -180,10 +184,10 @@ def test_exec_cancel_stop_start_on_ssh_nodes(sky: Sky, pools: Pools, tmp_path: P
 
 
 def test_worker_killed_during_setup_does_not_rerun_finished_setup(
-    sky: Sky, pools: Pools, tmp_path: Path
+    sky: Sky, pools: Pools, tmp_path: Path, shared: Path
 ):
     infra, _ = _two_hosts(pools, "crash")
-    setups, runs, gate = tmp_path / "setups", tmp_path / "runs", tmp_path / "gate"
+    setups, runs, gate = shared / "setups", shared / "runs", shared / "gate"
     # Rank 0 finishes setup at once; rank 1 waits for the gate: the worker dies while one
     # node has completed setup and the other is mid-setup.
     setup = (
@@ -206,10 +210,8 @@ def test_worker_killed_during_setup_does_not_rerun_finished_setup(
     sky.ok("down", "-y", "crash")
 
 
-def test_gpus_are_detected_and_a_pool_without_them_is_refused(
-    sky: Sky, pools: Pools, tmp_path: Path
-):
-    fake = tmp_path / "bin"
+def test_gpus_are_detected_and_a_pool_without_them_is_refused(sky: Sky, pools: Pools, shared: Path):
+    fake = shared / "bin"  # the fake nvidia-smi runs as the SSH user
     fake.mkdir()
     smi = fake / "nvidia-smi"
     smi.write_text("#!/bin/sh\necho 'NVIDIA A100-SXM4-80GB'\necho 'NVIDIA A100-SXM4-80GB'\n")
@@ -256,7 +258,7 @@ def test_unknown_pool_and_too_few_hosts_exit_2_and_start_nothing(sky: Sky, pools
     assert p.returncode == 2
     assert "ssh_node_pools.yaml" in p.stderr and "did you mean 'solo'" in p.stderr
     p = sky.run("launch", "-y", "-c", "nopool", "--infra", "ssh/solo", "--num-nodes", "3", "x")
-    assert p.returncode == 2 and "num_nodes" in p.stderr
+    assert p.returncode == 2 and "--num-nodes: " in p.stderr and "has 1 host(s)" in p.stderr
     assert "nopool" not in sky.clusters()
 
 
@@ -271,13 +273,14 @@ def test_check_reports_reachable_and_unreachable_hosts(sky: Sky, pools: Pools):
     assert f"{dead.ip}:{dead.port}: unreachable: " in block
 
 
-def test_a_node_that_disappears_fails_the_job_with_the_reason(
-    sky: Sky, pools: Pools, tmp_path: Path
-):
+def test_a_node_that_disappears_fails_the_job_with_the_reason(sky: Sky, pools: Pools, shared: Path):
     host = pools.hosts.add_loopback()
     infra = pools.add("vanish", pools.hosts.pool([host]))
-    started = tmp_path / "started"
-    sky.ok("launch", "-y", "-d", "-c", "vanish", "--infra", infra, f"touch {started}; sleep 300")
+    started = shared / "started"
+    # The job says it started a few seconds in: by then the host's watch has reported it
+    # running (a host lost within a second of a start is found by the job's own look).
+    job = f"sleep 3; touch {started}; sleep 300"
+    sky.ok("launch", "-y", "-d", "-c", "vanish", "--infra", infra, job)
     wait_until(started.exists, 60, "job to start")
     host.stop()
     job = wait_until(
@@ -298,7 +301,7 @@ def test_a_node_that_disappears_fails_the_job_with_the_reason(
 
 
 def test_leftovers_of_an_older_cluster_of_the_same_name_are_never_adopted(
-    sky: Sky, pools: Pools, tmp_path: Path
+    sky: Sky, pools: Pools, shared: Path
 ):
     # A host still claimed by a "same" cluster of an engine that is gone, with that
     # cluster's finished job 1 on it: the new cluster must not take it for its own.
@@ -307,8 +310,10 @@ def test_leftovers_of_an_older_cluster_of_the_same_name_are_never_adopted(
     (old_root / "jobs/1/run/claim").mkdir(parents=True)
     (old_root / "jobs/1/run/exit_code").write_text("0\n")
     os.symlink("same.0ldc1a55", old_root / "claim")
+    # As the older cluster's engine would have left them: the SSH user's files.
+    pools.hosts.give(old_root)
     infra = pools.add("leftover", pools.hosts.pool([old, fresh]))
-    marker = tmp_path / "ran"
+    marker = shared / "ran"
     sky.ok("launch", "-y", "-c", "same", "--infra", infra, f"echo ran > {marker}")
     assert marker.read_text() == "ran\n"  # the job really ran (on the free host)
     assert os.readlink(pools.node_root(fresh.ip, fresh.port) / "claim").startswith("same.")
@@ -351,3 +356,65 @@ def test_managed_job_on_an_ssh_pool_is_woken_by_the_shared_watcher(
     assert j["infra"] == infra
     assert "managed-on-ssh" in sky.ok("jobs", "logs", str(job), "--no-follow")
     assert not (pools.node_root(host.ip, host.port) / "claim").exists()
+
+
+@pytest.mark.parametrize("kind", ["any_of", "ordered"])
+def test_a_full_pool_fails_over_to_the_next_candidate(
+    sky: Sky, pools: Pools, tmp_path: Path, kind: str
+):
+    full = pools.add(f"full-{kind}", pools.hosts.pool([pools.hosts.add_loopback()]))
+    free_host = pools.hosts.add_loopback()
+    free = pools.add(f"free-{kind}", pools.hosts.pool([free_host]))
+    sky.ok("launch", "-y", "-c", f"holder-{kind}", "--infra", full, "echo hold")
+    task = write(
+        tmp_path / f"{kind}.yaml",
+        f"""\
+        resources:
+          {kind}:
+            - infra: {full}
+            - infra: {free}
+        run: echo landed-$SKYPILOT_NODE_RANK
+        """,
+    )
+    p = sky.run("launch", "-y", "-c", f"fo-{kind}", str(task), timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "landed-0" in p.stdout
+    # The user saw the failover: the full pool was tried first, and why it gave nothing.
+    assert f"{full}: NoCapacity" in p.stdout + p.stderr
+    c = sky.clusters()[f"fo-{kind}"]
+    assert c["infra"] == free
+    d = sky.json("status", f"fo-{kind}")[0]
+    assert d["infra"] == free
+    assert os.readlink(pools.node_root(free_host.ip, free_host.port) / "claim").startswith("fo-")
+    sky.ok("down", "-y", f"fo-{kind}", f"holder-{kind}")
+
+
+def test_no_capacity_anywhere_exits_1_naming_every_candidate_and_holds_nothing(
+    sky: Sky, pools: Pools, tmp_path: Path
+):
+    a_host, b_host = pools.hosts.add_loopback(), pools.hosts.add_loopback()
+    a = pools.add("busy-a", pools.hosts.pool([a_host]))
+    b = pools.add("busy-b", pools.hosts.pool([b_host]))
+    sky.ok("launch", "-y", "-c", "hold-a", "--infra", a, "echo hold")
+    sky.ok("launch", "-y", "-c", "hold-b", "--infra", b, "echo hold")
+    task = write(
+        tmp_path / "nope.yaml",
+        f"resources:\n  any_of:\n    - infra: {a}\n    - infra: {b}\nrun: echo never\n",
+    )
+    p = sky.run("launch", "-y", "-c", "nope", str(task), timeout=300)
+    assert p.returncode == 1, p.stdout + p.stderr
+    out = p.stdout + p.stderr
+    assert f"{a}: NoCapacity" in out and f"{b}: NoCapacity" in out
+    assert "held by 'hold-a." in out and "held by 'hold-b." in out
+    assert sky.clusters().get("nope", {}).get("status") != "UP"
+    for h, holder in ((a_host, "hold-a."), (b_host, "hold-b.")):
+        assert os.readlink(pools.node_root(h.ip, h.port) / "claim").startswith(holder)
+    sky.ok("down", "-y", "hold-a", "hold-b")
+    # Released: `ordered` now takes the first pool again.
+    ordered = write(
+        tmp_path / "ordered.yaml",
+        f"resources:\n  ordered:\n    - infra: {a}\n    - infra: {b}\nrun: echo again\n",
+    )
+    sky.ok("launch", "-y", "-c", "again", str(ordered), timeout=300)
+    assert sky.clusters()["again"]["infra"] == a
+    sky.ok("down", "-y", "again")

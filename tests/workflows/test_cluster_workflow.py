@@ -8,21 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections import Counter
 from datetime import timedelta
 
 import pytest
-from skyloom.activities.errors import ErrorKind, provider_error
-from skyloom.activities.models import (
-    ClusterHandle,
-    ClusterRef,
-    KillInput,
-    NodeInfo,
-    PhaseInput,
-    PhaseResult,
-    ProvisionInput,
-    SyncInput,
-)
+from skyloom.activities.errors import ErrorKind
 from skyloom.workflows import search
 from skyloom.workflows.cluster import ClusterWorkflow
 from skyloom.workflows.models import (
@@ -42,92 +31,14 @@ from skyloom.workflows.models import (
     SubmitJobInput,
     SubmitJobResult,
 )
-from temporalio import activity
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from tests.workflows.fakes import FakeCloud
+
 QUEUE = "test-cluster"
-
-
-class FakeNodes:
-    """In-memory nodes. `exit_codes[(job, phase)]` scripts a phase's end; a phase with no
-    script runs until `release(job, phase)` or until it is cancelled."""
-
-    def __init__(self) -> None:
-        self.calls: Counter[str] = Counter()
-        self.started: list[tuple[int, str]] = []
-        self.killed: list[int] = []
-        self.exit_codes: dict[tuple[int, str], list[int | None]] = {}
-        self.released: dict[tuple[int, str], asyncio.Event] = {}
-        self.launch_error: ErrorKind | None = None
-        self.terminate_error: ErrorKind | None = None
-        self.alive = False
-
-    def release(self, job: int, phase: str, codes: list[int | None]) -> None:
-        self.exit_codes[(job, phase)] = codes
-        self.released.setdefault((job, phase), asyncio.Event()).set()
-
-    @activity.defn(name="provision_nodes")
-    async def provision(self, inp: ProvisionInput) -> ClusterHandle:
-        self.calls["provision"] += 1
-        if self.launch_error:
-            raise provider_error(self.launch_error, "no capacity in fake")
-        self.alive = True
-        nodes = [NodeInfo(rank=i, node_id=f"n{i}", root=f"/fake/{i}") for i in range(inp.num_nodes)]
-        return ClusterHandle(cluster=inp.cluster, infra=inp.infra, nodes=nodes)
-
-    @activity.defn(name="sync_files")
-    async def sync_files(self, inp: SyncInput) -> None:
-        self.calls["sync"] += 1
-
-    @activity.defn(name="start_phase")
-    async def start_phase(self, inp: PhaseInput) -> None:
-        self.started.append((inp.job_id, inp.phase.value))
-
-    @activity.defn(name="watch_phase")
-    async def watch_phase(self, inp: PhaseInput) -> PhaseResult:
-        key = (inp.job_id, inp.phase.value)
-        if key not in self.exit_codes:
-            event = self.released.setdefault(key, asyncio.Event())
-            while not event.is_set():
-                activity.heartbeat()
-                await asyncio.sleep(0.05)
-        return PhaseResult(exit_codes=self.exit_codes[key])
-
-    @activity.defn(name="kill_job")
-    async def kill_job(self, inp: KillInput) -> None:
-        self.killed.append(inp.job_id)
-
-    @activity.defn(name="stop_nodes")
-    async def stop_nodes(self, ref: ClusterRef) -> None:
-        self.calls["stop"] += 1
-
-    @activity.defn(name="start_nodes")
-    async def start_nodes(self, ref: ClusterRef) -> ClusterHandle:
-        self.calls["start"] += 1
-        assert ref.handle is not None
-        return ref.handle
-
-    @activity.defn(name="terminate_nodes")
-    async def terminate_nodes(self, ref: ClusterRef) -> None:
-        self.calls["terminate"] += 1
-        if self.terminate_error:
-            raise provider_error(self.terminate_error, "host h1 gone", non_retryable=True)
-        self.alive = False
-
-    def all(self) -> list:
-        return [
-            self.provision,
-            self.sync_files,
-            self.start_phase,
-            self.watch_phase,
-            self.kill_job,
-            self.stop_nodes,
-            self.start_nodes,
-            self.terminate_nodes,
-        ]
 
 
 @pytest.fixture
@@ -144,15 +55,21 @@ async def live_env(dev_server_path: str):
 
 
 @pytest.fixture
-def fake() -> FakeNodes:
-    return FakeNodes()
+def fake() -> FakeCloud:
+    return FakeCloud()
 
 
-async def _start(client: Client, *, num_nodes: int = 1, autostop: AutostopConfig | None = None):
+async def _start(
+    client: Client,
+    *,
+    num_nodes: int = 1,
+    autostop: AutostopConfig | None = None,
+    **more,
+):
     name = f"c{uuid.uuid4().hex[:6]}"
     return await client.start_workflow(
         ClusterWorkflow.run,
-        ClusterInput(name=name, num_nodes=num_nodes, autostop=autostop or AutostopConfig()),
+        ClusterInput(name=name, num_nodes=num_nodes, autostop=autostop or AutostopConfig(), **more),
         id=f"cluster-{name}",
         task_queue=QUEUE,
     )
@@ -183,7 +100,12 @@ def _job(d: ClusterDescription, job_id: int):
 
 
 def _worker(env, fake):
+    fake.client = env.client
     return Worker(env.client, task_queue=QUEUE, workflows=[ClusterWorkflow], activities=fake.all())
+
+
+def _started(fake: FakeCloud) -> list[tuple[int, str]]:
+    return [(p.job_id, p.phase.value) for p in fake.phases]
 
 
 async def test_job_runs_setup_then_run_and_succeeds(env, fake):
@@ -195,7 +117,7 @@ async def test_job_runs_setup_then_run_and_succeeds(env, fake):
         d = await _until(h, lambda d: _job(d, job).status.terminal, "job 1 ends")
         assert d.status is ClusterStatus.UP
         assert _job(d, job).status is JobStatus.SUCCEEDED
-        assert fake.started == [(1, "setup"), (1, "run")]
+        assert _started(fake) == [(1, "setup"), (1, "run")]
         assert fake.calls["provision"] == 1
 
 
@@ -207,7 +129,7 @@ async def test_setup_failure_is_failed_setup_and_run_never_starts(env, fake):
         d = await _until(h, lambda d: _job(d, job).status.terminal, "job ends")
         j = _job(d, job)
         assert (j.status, j.exit_code, j.failed_rank) == (JobStatus.FAILED_SETUP, 7, 1)
-        assert (1, "run") not in fake.started
+        assert (1, "run") not in _started(fake)
 
 
 async def test_run_failure_reports_exit_code_and_rank(env, fake):
@@ -230,7 +152,7 @@ async def test_jobs_queue_fifo_one_at_a_time(env, fake):
         fake.release(second, "run", [0])
         d = await _until(h, lambda d: _job(d, second).status.terminal, "second ends")
         assert [j.status for j in d.jobs] == [JobStatus.SUCCEEDED, JobStatus.SUCCEEDED]
-        assert fake.started == [(1, "run"), (2, "run")]
+        assert _started(fake) == [(1, "run"), (2, "run")]
 
 
 async def test_cancel_running_and_pending_jobs(live_env, fake):
@@ -247,7 +169,7 @@ async def test_cancel_running_and_pending_jobs(live_env, fake):
         d = await _describe(h)
         assert [j.status for j in d.jobs] == [JobStatus.CANCELLED, JobStatus.CANCELLED]
         assert fake.killed == [running]
-        assert (pending, "run") not in fake.started
+        assert (pending, "run") not in _started(fake)
 
 
 async def test_stop_rejects_jobs_until_start(env, fake):

@@ -6,23 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections import Counter
 
 import pytest
-from skyloom.activities.errors import ErrorKind, provider_error
-from skyloom.activities.models import (
-    ClusterHandle,
-    ClusterRef,
-    KillInput,
-    NodeInfo,
-    Observation,
-    ObserveInput,
-    Phase,
-    PhaseInput,
-    ProvisionInput,
-    SaveLogsInput,
-    SyncInput,
-)
+from skyloom.activities.models import Phase, PhaseInput
 from skyloom.workflows.job_ids import JobIdsWorkflow
 from skyloom.workflows.managed_job import ManagedJobWorkflow
 from skyloom.workflows.models import (
@@ -36,85 +22,12 @@ from skyloom.workflows.models import (
     ManagedTask,
 )
 from skyloom.workflows.recovery import RecoveryPolicy
-from temporalio import activity
 from temporalio.worker import Worker
+
+from tests.workflows.fakes import FakeCloud, ended, preempted
 
 QUEUE = "test-managed"
 S = ManagedJobStatus
-
-
-class FakeCloud:
-    def __init__(self) -> None:
-        self.calls: Counter[str] = Counter()
-        self.live: set[str] = set()
-        self.launched: list[tuple[str, str]] = []
-        self.phases: list[PhaseInput] = []
-        self.no_capacity: set[str] = set()
-        self.invalid: set[str] = set()
-        self.block_launch = asyncio.Event()
-        self.block_launch.set()
-        self.preempted: set[str] = set()
-        self.observed: list[Observation] = []
-
-    @activity.defn(name="provision_nodes")
-    async def provision(self, inp: ProvisionInput) -> ClusterHandle:
-        self.calls["provision"] += 1
-        await self.block_launch.wait()
-        if inp.infra in self.invalid:
-            raise provider_error(ErrorKind.INVALID_SPEC, f"no such infra {inp.infra}")
-        if inp.infra in self.no_capacity:
-            raise provider_error(ErrorKind.NO_CAPACITY, f"{inp.infra} is full")
-        self.live.add(inp.cluster)
-        self.launched.append((inp.cluster, inp.infra))
-        nodes = [
-            NodeInfo(rank=i, node_id=f"{inp.cluster}-{i}", root="/x") for i in range(inp.num_nodes)
-        ]
-        return ClusterHandle(cluster=inp.cluster, infra=inp.infra, nodes=nodes, owner=inp.owner)
-
-    @activity.defn(name="sync_files")
-    async def sync_files(self, inp: SyncInput) -> None:
-        self.calls["sync"] += 1
-
-    @activity.defn(name="start_phase")
-    async def start_phase(self, inp: PhaseInput) -> None:
-        self.phases.append(inp)
-
-    @activity.defn(name="observe_cluster")
-    async def observe_cluster(self, inp: ObserveInput) -> list[Observation]:
-        self.calls["observe"] += 1
-        assert inp.ref.handle is not None
-        name = inp.ref.handle.cluster
-        out = [o for o in self.observed if o.cluster == name]
-        if name in self.preempted:
-            out.append(Observation(cluster=name, rank=0, state="preempted"))
-        return out
-
-    @activity.defn(name="save_logs")
-    async def save_logs(self, inp: SaveLogsInput) -> None:
-        self.calls["save_logs"] += 1
-
-    @activity.defn(name="kill_job")
-    async def kill_job(self, inp: KillInput) -> None:
-        self.calls["kill"] += 1
-
-    @activity.defn(name="terminate_nodes")
-    async def terminate_nodes(self, ref: ClusterRef) -> None:
-        self.calls["terminate"] += 1
-        self.live.discard(ref.cluster)
-
-    def all(self) -> list:
-        return [
-            self.provision,
-            self.sync_files,
-            self.start_phase,
-            self.observe_cluster,
-            self.kill_job,
-            self.save_logs,
-            self.terminate_nodes,
-        ]
-
-    def started(self, phase: Phase) -> list[PhaseInput]:
-        return [p for p in self.phases if p.phase is phase]
 
 
 @pytest.fixture
@@ -123,6 +36,7 @@ def cloud() -> FakeCloud:
 
 
 def _worker(env, cloud):
+    cloud.client = env.client
     return Worker(
         env.client,
         task_queue=QUEUE,
@@ -174,18 +88,6 @@ async def until_started(h, cloud: FakeCloud, phase: Phase, n: int) -> PhaseInput
             return got[n - 1]
         await asyncio.sleep(0.02)
     raise AssertionError(f"{phase} never started {n} times; {await view(h)}")
-
-
-def ended(p: PhaseInput, code: int | None = 0, rank: int = 0) -> Observation:
-    state = "exited" if code is not None else "killed"
-    return Observation(
-        cluster=p.handle.cluster, rank=rank, state=state, job_id=p.job_id, phase=p.phase,
-        exit_code=code,
-    )  # fmt: skip
-
-
-def preempted(p: PhaseInput) -> Observation:
-    return Observation(cluster=p.handle.cluster, rank=0, state="preempted")
 
 
 async def finish(h) -> ManagedJobView:
