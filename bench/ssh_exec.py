@@ -33,9 +33,13 @@ from bench.cli_and_launch import SKY, summary, until_line  # noqa: E402
 from tests.sshd import SSHHosts, sshd_missing_reason  # noqa: E402
 
 
-def bashrc_seconds() -> float:
+def bashrc_seconds(home: Path) -> float:
     t = time.perf_counter()
-    subprocess.run(["bash", "-c", "source ~/.bashrc >/dev/null 2>&1; true"], check=False)
+    subprocess.run(
+        ["bash", "-c", "source ~/.bashrc >/dev/null 2>&1; true"],
+        env={**os.environ, "HOME": str(home)},
+        check=False,
+    )
     return time.perf_counter() - t
 
 
@@ -55,8 +59,11 @@ def main() -> None:
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     )
-    print(f"this user's ~/.bashrc costs {bashrc_seconds():.3f} s per SSH command here")
     hosts = SSHHosts(tmp / "sshd")
+    print(
+        f"logging in as {hosts.user}, whose ~/.bashrc costs "
+        f"{bashrc_seconds(hosts.home):.3f} s per SSH command here"
+    )
     try:
         add = hosts.add_netns if args.netns else hosts.add_loopback
         for _ in range(args.nodes):

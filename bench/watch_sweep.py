@@ -4,7 +4,7 @@
 
 Lays out N managed-job clusters on disk the way the local provider and the nodelet do
 (node dir, setup ended with exit 0, run going with a live pid and a `watch` file), then
-times `LocalProvider.scan()`: the first round (nothing known) and the median of the next
+times `LocalProvider.sweep("local")`: the first round (nothing known) and the median of the next
 rounds (nothing changed), and a round right after one job in a hundred ended. The live
 pid is one `sleep` shared by every job: the bench measures the sweep, not the jobs.
 A round costs a stat per directory down to each job and a kill(pid, 0) per phase.
@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 
@@ -65,14 +66,14 @@ def main() -> None:
                 # Let every directory's mtime age past the provider's "just changed" window.
                 time.sleep(2.5)
                 provider = LocalProvider(root)
-                cold, found = timed(provider.scan)
-                warm = [timed(provider.scan)[0] for _ in range(args.rounds)]
+                cold, found = timed(partial(provider.sweep, "local"))
+                warm = [timed(partial(provider.sweep, "local"))[0] for _ in range(args.rounds)]
                 # Ending as the wrapper does: exit code written, then its process gone.
                 for d, p in zip(runs[::100], enders, strict=True):
                     (d / "exit_code").write_text("0")
                     p.kill()
                     p.wait()
-                news, found_after = timed(provider.scan)
+                news, found_after = timed(partial(provider.sweep, "local"))
                 print(
                     f"N={n:>6}: first round {cold * 1000:7.1f} ms ({found} reports), "
                     f"unchanged round median {statistics.median(warm) * 1000:7.1f} ms, "
