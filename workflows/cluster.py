@@ -257,7 +257,10 @@ class ClusterWorkflow:
         except (LaunchFailed, ActivityError) as e:
             reason = f"launch failed: {e if isinstance(e, LaunchFailed) else _reason(e)}"
             if isinstance(e, ActivityError):
-                await self._terminate_nodes()
+                try:
+                    await self._terminate_nodes()
+                except ActivityError as cleanup:
+                    reason += f"; cleanup failed, nodes may be left: {_reason(cleanup)}"
             self._fail_jobs(reason, (JobStatus.PENDING,))
             self._set_status(ClusterStatus.TERMINATED, reason)
             return

@@ -148,6 +148,12 @@ class Launcher:
                 why = message_of(e)
                 if where_of(e).region:
                     offer = offer.model_copy(update={"region": where_of(e).region})
+            # Partial launches are cleaned up before the next placement is tried; one that
+            # cannot be is said in the table (the next placement is still worth trying).
+            try:
+                await self.step(calls.PROVISION.run(m.TERMINATE_NODES, ref))
+            except ActivityError as e:
+                why += f" (and its cleanup failed, nodes may be left: {message_of(e)})"
             self._record(
                 LaunchAttempt(
                     infra=cand.infra,
@@ -158,8 +164,6 @@ class Launcher:
                     message=why,
                 )
             )
-            # Partial launches are cleaned up before the next placement is tried.
-            await self.step(calls.PROVISION.run(m.TERMINATE_NODES, ref))
         raise LaunchFailed(list(self.attempts), invalid=False)
 
     async def _until_up(self, handle: ClusterHandle) -> ClusterHandle | None:

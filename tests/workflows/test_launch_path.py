@@ -382,3 +382,13 @@ async def test_errors_are_data_kind_and_where_reach_the_workflow(env, cloud):
         h = await start_cluster(env, "aws")
         result = ClusterResult.model_validate(await h.result())
         assert "aws: Quota" in (result.reason or "")
+
+
+async def test_a_placement_whose_cleanup_fails_is_said_and_the_next_is_tried(env, cloud):
+    cloud.no_capacity = {"ssh/a"}
+    cloud.terminate_error = ErrorKind.UNREACHABLE
+    async with worker(env, cloud):
+        h = await start_cluster(env, "ssh/a", "ssh/b")
+        d = await until(h, lambda d: d.status is ClusterStatus.UP, "up")
+        assert d.infra == "ssh/b"
+        assert "cleanup failed, nodes may be left: host h1 gone" in d.launch_attempts[0].message
