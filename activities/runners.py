@@ -23,8 +23,8 @@ from skyloom.activities.models import NodeInfo
 
 NODELET = resources.files("skyloom.activities").joinpath("nodelet.sh").read_text()
 
-# How often a waiting read looks at the file again.
-_WAIT_POLL_SECONDS = 0.1
+# How often a waiting read looks at the file again (a stat: cheap).
+_WAIT_POLL_SECONDS = 0.05
 
 # SkyPilot leaves these out of workdir syncs: git's ignores and its own.
 IGNORE_FILES = (".gitignore", ".skyignore")

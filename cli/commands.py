@@ -11,7 +11,7 @@ import click
 from skyloom.activities.models import Candidate, CheckReport, PlanInput, PlanResult
 from skyloom.cli import render
 from skyloom.cli.main import EXIT_FAILED, BadInput, _echo_json, run_with_client
-from skyloom.client.api import SkyloomClient, job_spec_from_task
+from skyloom.client.api import SkyloomClient, WorkerSession, job_spec_from_task
 from skyloom.spec.loader import SpecError, load_task_file, parse_task
 from skyloom.spec.models import Task
 from skyloom.workflows.models import AutostopConfig, ClusterStatus, JobStatus, cluster_workflow_id
@@ -229,20 +229,24 @@ def launch(
     job = job_spec_from_task(task, base_dir=base_dir, envs=envs, secrets=secrets)
 
     async def go(sky: SkyloomClient) -> int:
+        # One session for the plan and the output: the workers answer both.
         session = sky.session()
         try:
-            existing = await sky.try_describe(name)
-            plan = None
-            if existing is None or existing.status is ClusterStatus.TERMINATED:
-                # The workers say where this can run (and refuse what never can) before
-                # anything starts: pools, node limits and GPUs are theirs to know.
-                plan = await session.plan(
-                    PlanInput(cluster=name, num_nodes=task.num_nodes, candidates=candidates)
-                )
-                for note in check_plan(plan, given or set()):
-                    click.echo(f"Note: {note}", err=True)
+            return await _launch(sky, session)
         finally:
             await session.close()
+
+    async def _launch(sky: SkyloomClient, session: WorkerSession) -> int:
+        existing = await sky.try_describe(name)
+        plan = None
+        if existing is None or existing.status is ClusterStatus.TERMINATED:
+            # The workers say where this can run (and refuse what never can) before
+            # anything starts: pools, node limits and GPUs are theirs to know.
+            plan = await session.plan(
+                PlanInput(cluster=name, num_nodes=task.num_nodes, candidates=candidates)
+            )
+            for note in check_plan(plan, given or set()):
+                click.echo(f"Note: {note}", err=True)
         click.echo(render.plan(name, task, autostop, plan, ordered, existing))
         if dryrun:
             click.echo("Dry run: nothing started.")
@@ -265,7 +269,7 @@ def launch(
             return 0
         from skyloom.cli.logs import stream_job
 
-        final = await stream_job(sky, name, job_id, follow=True)
+        final = await stream_job(sky, name, job_id, follow=True, session=session)
         return _report(sky, name, final)
 
     sys.exit(run_with_client(go))

@@ -15,11 +15,16 @@ from skyloom.client.api import Rejected, SkyloomClient, WorkerError, WorkerSessi
 from skyloom.workflows.models import JobStatus, JobView
 from skyloom.workflows.policies import failover_table
 
-POLL_SECONDS = 0.3
+# Between two looks at a job's state (queries: they write nothing).
+POLL_SECONDS = 0.2
+# While a long poll waits, the job's state is looked at this often (a query: cheap).
+MOVED_ON_SECONDS = 0.05
 # A follower's long poll: the worker waits this long for more output before answering.
 WAIT_SECONDS = 5.0
-# Between two reads while output pours out, so bursts are batched into few requests.
+# Between two reads while output pours out, so bursts are batched into few requests;
+# a read answered faster than POURING_SECONDS found output already waiting.
 MIN_READ_INTERVAL = 0.5
+POURING_SECONDS = 0.05
 
 
 def _tail(data: bytes, n: int) -> bytes:
@@ -76,18 +81,24 @@ class LogReader:
 async def until_done(
     read: Awaitable[bytes], done: Callable[[], Awaitable[bool]]
 ) -> tuple[bytes | None, bool]:
-    """Wait for a long-poll read, asking `done` every POLL_SECONDS meanwhile: (the bytes
-    read, or None when the job ended first; whether it ended)."""
+    """Wait for a long-poll read, asking `done` every MOVED_ON_SECONDS meanwhile: (the
+    bytes read, or None when the job moved on first; whether it did)."""
     task = asyncio.ensure_future(read)
     while True:
-        finished, _ = await asyncio.wait({task}, timeout=POLL_SECONDS)
+        finished, _ = await asyncio.wait({task}, timeout=MOVED_ON_SECONDS)
         if finished:
             return task.result(), False
         if await done():
-            # The worker finishes that read on its own; its bytes are read again below.
+            if task.done():
+                # It answered while we asked: its bytes are read (and counted) already.
+                return task.result(), True
+            # Nobody waits for that read any more; its bytes are read again from the same
+            # offset by the caller (a cancelled read does not move the offset).
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
+            if task.done() and not task.cancelled() and task.exception() is None:
+                return task.result(), True
             return None, True
 
 
@@ -99,13 +110,17 @@ async def stream_job(
     follow: bool,
     tail: int | None = None,
     rank: int = 0,
+    session: WorkerSession | None = None,
 ) -> JobView:
-    """Write the job's setup then run output to stdout; return the job as it ended."""
-    session = sky.session()
+    """Write the job's setup then run output to stdout; return the job as it ended.
+    Reads go through `session` when given (the caller closes it), else through a new one."""
+    own = session is None
+    session = session or sky.session()
     try:
         return await _stream(sky, session, cluster, job_id, follow, tail, rank)
     finally:
-        await session.close()
+        if own:
+            await session.close()
 
 
 async def _stream(
@@ -121,7 +136,6 @@ async def _stream(
     out = sys.stdout.buffer
     first = True
     setup_done = False
-    last_read = 0.0
     attempts_shown = 0
     loop = asyncio.get_running_loop()
     while True:
@@ -139,6 +153,7 @@ async def _stream(
         if job is None:
             raise Rejected(f"cluster {cluster} has no job {job_id}")
         ended = job.status.terminal or not follow
+        pause = POLL_SECONDS  # nothing to read yet: look at the state again soon
         if desc.handle is not None and job.started_at is not None:
             handle = desc.handle
             if rank >= len(handle.nodes):
@@ -147,23 +162,43 @@ async def _stream(
                 )
             key = f"{cluster}/{job_id}"
             chunk = b""
-            if not setup_done:
-                # Setup first; once the job runs, setup's log is final: read it once more.
-                live = job.status is JobStatus.SETTING_UP and not ended
-                chunk += await _read(reader, key, Phase.SETUP, handle, job_id, rank, live, sky)
-                setup_done = not live
-            if setup_done:
-                chunk += await _read(reader, key, Phase.RUN, handle, job_id, rank, not ended, sky)
+            started = loop.time()
+            moved = False
+            in_setup = job.status is JobStatus.SETTING_UP and not ended
+            if in_setup:
+                chunk, moved = await _read(
+                    reader, key, Phase.SETUP, handle, job_id, rank, True, sky
+                )
+            else:
+                # Setup's log is final once the job runs: its rest and the run's output are
+                # read together (one round trip less between the two).
+                setup, (run, moved) = await asyncio.gather(
+                    _read(reader, key, Phase.SETUP, handle, job_id, rank, False, sky)
+                    if not setup_done
+                    else _nothing(),
+                    _read(reader, key, Phase.RUN, handle, job_id, rank, not ended, sky),
+                )
+                setup_done = True
+                chunk = setup[0] + run
             if first and tail is not None:
                 chunk = _tail(chunk, tail)
             first = False
             if chunk:
                 out.write(chunk)
                 out.flush()
-            last_read = loop.time()
+            # Read again at once when the job moved on, or when the output came after a
+            # wait (it is sparse: show the next line as soon as it comes); output already
+            # there is pouring out: let the next read gather a batch of it.
+            took = loop.time() - started
+            pouring = chunk and not moved and took < POURING_SECONDS
+            pause = max(0.0, MIN_READ_INTERVAL - took) if pouring else 0.0
         if ended:
             return job
-        await asyncio.sleep(max(POLL_SECONDS, MIN_READ_INTERVAL - (loop.time() - last_read)))
+        await asyncio.sleep(pause)
+
+
+async def _nothing() -> tuple[bytes, bool]:
+    return b"", False
 
 
 async def _read(
@@ -175,11 +210,12 @@ async def _read(
     rank: int,
     live: bool,
     sky: SkyloomClient,
-) -> bytes:
-    """One read; while the phase is live, a long poll that gives up when the job's state
-    moves on (the state is read again by the caller, then the rest of the log)."""
+) -> tuple[bytes, bool]:
+    """One read: (bytes, whether the job's state moved on meanwhile). While the phase is
+    live it is a long poll that gives up when the job's state moves on (the state is then
+    read again by the caller, and the rest of the log)."""
     if not live:
-        return await reader.read(key, phase, handle=handle, job_id=job_id, rank=rank)
+        return await reader.read(key, phase, handle=handle, job_id=job_id, rank=rank), False
     cluster = handle.cluster
 
     async def moved_on() -> bool:
@@ -188,8 +224,8 @@ async def _read(
         want = JobStatus.SETTING_UP if phase is Phase.SETUP else JobStatus.RUNNING
         return j is None or j.status is not want
 
-    data, _ = await until_done(
+    data, moved = await until_done(
         reader.read(key, phase, handle=handle, job_id=job_id, rank=rank, wait=WAIT_SECONDS),
         moved_on,
     )
-    return data or b""
+    return data or b"", moved

@@ -71,6 +71,7 @@ from temporalio.client import (
     WithStartWorkflowOperation,
     WorkflowHandle,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import (
     SearchAttributePair,
@@ -138,10 +139,16 @@ class WorkerSession:
                 call = self.client.execute_update_with_start_workflow(
                     update, arg, start_workflow_operation=op, result_type=result_type
                 )
-            result = await asyncio.wait_for(call, WORKER_WAIT_SECONDS)
+            # A deadline on this coroutine, not a task around it: a caller that stops
+            # waiting (a follower whose job moved on) must leave no task behind.
+            async with asyncio.timeout(WORKER_WAIT_SECONDS):
+                result = await call
             self.started = True
             return result
-        except TimeoutError:
+        except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError) as e:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError() from e  # our caller cancelled us
             raise WorkerError(
                 f"no worker answered within {WORKER_WAIT_SECONDS:.0f}s (is `skyloom worker` "
                 f"running on task queue {TASK_QUEUE!r}?)"

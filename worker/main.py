@@ -70,8 +70,9 @@ async def run_worker(target: EngineTarget, state: Path, ready_file: Path | None 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    # The watchers' sweep interval; 0: this worker runs no watcher (others do).
-    interval = float(os.environ.get("SKYLOOM_WATCH_SECONDS", "1"))
+    # The watchers' sweep interval (how late an ending is noticed, on average half of it;
+    # slow sweeps stretch it, see Watcher.pause_after); 0: this worker runs no watcher.
+    interval = float(os.environ.get("SKYLOOM_WATCH_SECONDS", "0.25"))
     with ThreadPoolExecutor(max_workers=MAX_ACTIVITIES) as pool:
         worker = Worker(
             client,

@@ -97,7 +97,12 @@ class Launcher:
         self.on_attempt(attempt)
 
     async def plan(self) -> list[Placement]:
-        """Every placement to try, in order; LaunchFailed when there is none."""
+        """Every placement to try, in order; LaunchFailed when there is none. Candidates
+        that place themselves (local, an SSH pool) need no offers: no activity, and the
+        provider's create refuses what cannot be done there."""
+        direct = policies.direct_placements(self.candidates)
+        if direct is not None:
+            return direct
         result = await self.step(
             calls.QUICK.run(
                 m.PLAN_LAUNCH,
@@ -164,7 +169,9 @@ class Launcher:
                     message=why,
                 )
             )
-        raise LaunchFailed(list(self.attempts), invalid=False)
+        refused = (ErrorKind.INVALID_SPEC.value, ErrorKind.NOT_SUPPORTED.value)
+        invalid = bool(self.attempts) and all(a.kind in refused for a in self.attempts)
+        raise LaunchFailed(list(self.attempts), invalid=invalid)
 
     async def _until_up(self, handle: ClusterHandle) -> ClusterHandle | None:
         """The handle once no node is pending (clouds boot; local and SSH nodes are up at

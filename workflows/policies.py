@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from skyloom.activities.models import LaunchAttempt, Offer, Placement, PlanResult
+from skyloom.activities.models import Candidate, LaunchAttempt, Offer, Placement, PlanResult
 from skyloom.workflows.models import AutostopConfig, JobRecord, JobStatus
 
 # The kind of a failover-table row for a candidate that had no offer at all.
 NO_OFFER = "NoOffer"
+# Infras where a candidate is itself the one placement (no region or zone to choose, no
+# price to compare): launching there needs no offers, only the provider's own checks.
+SELF_PLACING = ("local", "ssh", "k8s", "kubernetes")
 
 ACTIVE = (JobStatus.SETTING_UP, JobStatus.RUNNING)
 
@@ -59,6 +62,15 @@ def trim_history(jobs: list[JobRecord], keep_finished: int) -> list[JobRecord]:
         return jobs
     drop = {j.id for j in finished[: len(finished) - keep_finished]}
     return [j for j in jobs if j.id not in drop]
+
+
+def direct_placements(candidates: list[Candidate]) -> list[Placement] | None:
+    """The placements of candidates that all place themselves (in the given order, which
+    is also cheapest first: they are free), or None when some need the providers' offers
+    (a cloud's regions and zones, priced)."""
+    if not all(c.infra.split("/", 1)[0].lower() in SELF_PLACING for c in candidates):
+        return None
+    return [Placement(candidate=i, offer=Offer(infra=c.infra)) for i, c in enumerate(candidates)]
 
 
 def order_placements(

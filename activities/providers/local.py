@@ -92,18 +92,8 @@ class LocalProvider(Provider):
 
     def create(self, req: ProvisionInput) -> ClusterHandle:
         cdir = self._cluster_dir(req.cluster)
-        if req.resources.get("accelerators"):
-            raise provider_error(
-                ErrorKind.NO_CAPACITY,
-                "the local infra has no accelerators",
-                where=Where(infra="local", field="resources.accelerators"),
-            )
-        if req.num_nodes > MAX_NODES:
-            raise provider_error(
-                ErrorKind.INVALID_SPEC,
-                f"the local infra runs at most {MAX_NODES} nodes per cluster",
-                where=Where(infra="local", field="num_nodes"),
-            )
+        # What offers refuses, create refuses too: a workflow may launch without offers.
+        self.offers(req.infra, req.resources, req.num_nodes)
         owner = req.owner or req.cluster
         if _owner_of(cdir) not in (None, owner):
             # An older cluster of the same name left this behind: it is garbage, never

@@ -562,19 +562,7 @@ class SSHProvider(Provider):
         host). A pool that can never hold it (unknown, too small, no such GPUs, spot) is
         refused here, before anything is claimed."""
         pool, hosts = self._pool(infra)
-        if num_nodes > len(hosts):
-            raise provider_error(
-                ErrorKind.INVALID_SPEC,
-                f"{num_nodes} nodes asked, SSH node pool {pool!r} has {len(hosts)} host(s) "
-                f"({self.pools_file})",
-                where=Where(infra=infra, field="num_nodes"),
-            )
-        if resources.get("use_spot"):
-            raise provider_error(
-                ErrorKind.NO_CAPACITY,
-                "SSH node pools have no spot nodes",
-                where=Where(infra=infra, field="resources.use_spot"),
-            )
+        self._refuse_never_possible(infra, resources, num_nodes, pool, hosts)
         want = resources.get("accelerators") or None
         probes = self._probe_all(hosts)
         down = [p for p in probes if p.error is not None]
@@ -600,9 +588,28 @@ class SSHProvider(Provider):
             )
         ]
 
+    def _refuse_never_possible(
+        self, infra: str, resources: dict[str, Any], num_nodes: int, pool: str, hosts: list
+    ) -> None:
+        """What this pool can never give, whatever its hosts' state (no probe needed)."""
+        if num_nodes > len(hosts):
+            raise provider_error(
+                ErrorKind.INVALID_SPEC,
+                f"{num_nodes} nodes asked, SSH node pool {pool!r} has {len(hosts)} host(s) "
+                f"({self.pools_file})",
+                where=Where(infra=infra, field="num_nodes"),
+            )
+        if resources.get("use_spot"):
+            raise provider_error(
+                ErrorKind.NO_CAPACITY,
+                "SSH node pools have no spot nodes",
+                where=Where(infra=infra, field="resources.use_spot"),
+            )
+
     def create(self, req: ProvisionInput) -> ClusterHandle:
         safe_name(req.cluster)
         pool, hosts = self._pool(req.infra)
+        self._refuse_never_possible(req.infra, req.resources, req.num_nodes, pool, hosts)
         owner = req.owner or req.cluster
         want = req.resources.get("accelerators") or None
         probes = self._probe_all(hosts)

@@ -68,6 +68,9 @@ def test_a_cluster_started_and_used_by_the_temporal_cli_is_first_class(sky: Sky)
     assert "foreign-ok" in sky.ok("logs", "foreign", "1", "--no-follow")
     q = temporal(sky, "workflow", "query", "-w", "cluster-foreign", "--name", "describe")
     assert q.returncode == 0 and '"SUCCEEDED"' in q.stdout
+    # A person scanning the web UI sees what it is: the workflow's one-line summary.
+    meta = temporal(sky, "workflow", "metadata", "-w", "cluster-foreign")
+    assert "UP · local · 1 node · job 1 SUCCEEDED" in meta.stdout, meta.stdout
     sky.ok("down", "-y", "foreign")
 
 

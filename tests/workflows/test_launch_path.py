@@ -355,7 +355,7 @@ async def test_a_managed_job_with_a_bad_name_fails_at_once(env, cloud):
 
 async def test_a_managed_job_continues_as_new_mid_run_and_picks_its_run_up(env, cloud):
     async with worker(env, cloud):
-        h = await start_job(env, "local", continue_after_events=20)
+        h = await start_job(env, "local", continue_after_events=10)
         first_run = (await h.describe()).run_id
         p = await started(cloud, 1, Phase.RUN)
         latest = env.client.get_workflow_handle(h.id)
