@@ -9,6 +9,7 @@ for a job: phases are watched by the provider's watcher (activities/watch.py).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from skyloom.activities.errors import (
     where_of,
 )
 from skyloom.activities.models import (
+    DESCRIBE,
     CandidatePlan,
     CheckInput,
     CheckReport,
@@ -59,8 +61,10 @@ from skyloom.activities.models import (
 )
 from skyloom.activities.providers.base import Provider, base_infra, safe_name
 from skyloom.activities.runners import Runner, write_env_file
+from skyloom.spec.names import name_problem
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
 
 # Blocking work runs beside the activity thread, which heartbeats this often meanwhile.
 _HEARTBEAT_EVERY = 2.0
@@ -69,6 +73,43 @@ _LOG_POLL_SECONDS = 0.2
 
 T = TypeVar("T")
 X = TypeVar("X")
+
+
+async def _heartbeating_async(fn: Callable[[], T]) -> T:
+    """fn in a thread while this (async) activity heartbeats."""
+    task = asyncio.ensure_future(asyncio.to_thread(fn))
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=_HEARTBEAT_EVERY)
+        if done:
+            return task.result()
+        activity.heartbeat()
+
+
+async def _handle_of(workflow_id: str | None) -> ClusterHandle:
+    """A live cluster's nodes, asked of the workflow that owns them (`cluster-<name>`, or
+    `job-<id>` for a managed job's current cluster)."""
+    kind, _, rest = (workflow_id or "").partition("-")
+    valid = (kind == "cluster" and name_problem(rest) is None) or (kind == "job" and rest.isdigit())
+    if not valid:
+        raise provider_error(
+            ErrorKind.INVALID_SPEC,
+            f"{workflow_id!r} is not a cluster's or a managed job's workflow id",
+            where=Where(field="workflow_id"),
+        )
+    try:
+        desc = await activity.client().get_workflow_handle(workflow_id or "").query(DESCRIBE)
+    except RPCError as e:
+        raise provider_error(
+            ErrorKind.INVALID_SPEC, f"{workflow_id}: {e.message}", where=Where(field="workflow_id")
+        ) from None
+    handle = desc.get("handle") if isinstance(desc, dict) else None
+    if not handle:
+        raise provider_error(
+            ErrorKind.INVALID_SPEC,
+            f"{workflow_id} has no nodes now",
+            where=Where(field="workflow_id"),
+        )
+    return ClusterHandle.model_validate(handle)
 
 
 def _in_parallel(items: list[X], fn: Callable[[X], T]) -> list[T]:
@@ -297,8 +338,10 @@ class ClusterActivities:
                 f"{d}/env": (write_env_file(env), 0o600),
             }
             if inp.notify:
-                # Line 1: whom to tell; then which cluster and rank this node is to it.
-                watch = f"{inp.notify}\n{inp.handle.cluster}\n{node.rank}\n"
+                # Line 1: whom to tell; then which cluster and rank this node is to it, and
+                # the cluster's owner (a later namesake's endings are not this one's).
+                owner = inp.handle.owner or "-"
+                watch = f"{inp.notify}\n{inp.handle.cluster}\n{node.rank}\n{owner}\n"
                 files[f"{d}/watch"] = (watch, 0o644)
             self._patiently(
                 node, f"the start of {inp.phase.value}", lambda: runner.nodelet("start", d, files)
@@ -394,37 +437,41 @@ class ClusterActivities:
     # ---- for clients: what only a worker can reach -----------------------------------
 
     @activity.defn(name=m.READ_LOGS.name)
-    def read_logs(self, inp: LogsInput) -> LogChunk:
+    async def read_logs(self, inp: LogsInput) -> LogChunk:
         """Bytes of one log from an offset, waiting up to inp.wait_seconds for some (a
-        follower's long poll: one call per burst of output, not one per tick)."""
+        follower's long poll: one call per burst of output, not one per tick). A live
+        cluster's nodes come from its own workflow, never from the asker."""
+        limit = max(1, inp.max_bytes)
         if inp.saved is not None:
-            path = (
-                self._saved_root() / _saved_dir(inp.saved) / f"{inp.phase.value}-rank{inp.rank}.log"
-            )
+            name = f"{inp.phase.value}-rank{int(inp.rank)}.log"
+            path = self._saved_root() / _saved_dir(inp.saved) / name
 
-            def read(wait: float) -> bytes:
-                return _read_local(path, inp.offset, inp.max_bytes + 1)
+            def read() -> bytes:
+                return _read_local(path, inp.offset, limit + 1)
 
         else:
-            if inp.handle is None:
-                raise provider_error(ErrorKind.INVALID_SPEC, "read_logs needs a handle or saved")
-            if not 0 <= inp.rank < len(inp.handle.nodes):
+            handle = await _handle_of(inp.workflow_id)
+            if inp.cluster is not None and handle.cluster != inp.cluster:
+                return LogChunk.of(b"", inp.offset)  # it moved on: the asker will see
+            if not 0 <= inp.rank < len(handle.nodes):
                 raise provider_error(
                     ErrorKind.INVALID_SPEC,
-                    f"node rank {inp.rank}: cluster {inp.handle.cluster} has "
-                    f"{len(inp.handle.nodes)} node(s)",
+                    f"node rank {inp.rank}: cluster {handle.cluster} has "
+                    f"{len(handle.nodes)} node(s)",
                     where=Where(field="rank"),
                 )
-            node = inp.handle.nodes[inp.rank]
-            runner = self._runner(inp.handle, node)
+            node = handle.nodes[inp.rank]
+            runner = self._runner(handle, node)
             remote = log_path(node, inp.job_id, inp.phase)
 
-            def read(wait: float) -> bytes:
-                return runner.read_file(remote, inp.offset, wait_seconds=wait)
+            def read() -> bytes:
+                return runner.read_file(
+                    remote, inp.offset, wait_seconds=inp.wait_seconds, limit=limit + 1
+                )
 
-        data = _heartbeating(lambda: read(inp.wait_seconds))
-        more = len(data) > inp.max_bytes
-        data = data[: inp.max_bytes]
+        data = await _heartbeating_async(read)
+        more = len(data) > limit
+        data = data[:limit]
         return LogChunk.of(data, inp.offset + len(data), more)
 
     @activity.defn(name=m.SAVED_LOGS.name)

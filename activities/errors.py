@@ -43,20 +43,6 @@ _NON_RETRYABLE = {
     ErrorKind.NOT_SUPPORTED,
 }
 
-# A placement that failed with one of these is given up for the next one in the plan.
-FAILOVER_KINDS = frozenset(
-    {
-        ErrorKind.NO_CAPACITY,
-        ErrorKind.QUOTA,
-        ErrorKind.CREDENTIALS,
-        ErrorKind.UNREACHABLE,
-        ErrorKind.HOST_KEY,
-        ErrorKind.NODE_SETUP,
-        ErrorKind.INVALID_SPEC,
-        ErrorKind.NOT_SUPPORTED,
-    }
-)
-
 
 @dataclass(frozen=True)
 class Where:

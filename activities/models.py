@@ -239,6 +239,9 @@ class Observation(BaseModel):
     exit_code: int | None = None
     # Why, in words, where the state alone does not say (which host, since when).
     reason: str | None = None
+    # The owner of the cluster whose phase this is (ClusterHandle.owner): a new cluster of
+    # the same name has another, so an old ending is never taken for a new one's.
+    owner: str | None = None
 
     @property
     def key(self) -> tuple[str, int, int | None, str | None]:
@@ -247,6 +250,8 @@ class Observation(BaseModel):
 
 # The signal every watched workflow takes, with a list[Observation]: what the watcher saw.
 OBSERVE_SIGNAL = "observe"
+# The query that describes a cluster or a managed job (its nodes, under "handle").
+DESCRIBE = "describe"
 
 
 class WatchedObservation(BaseModel):
@@ -297,16 +302,23 @@ class WatchInput(BaseModel):
 
 
 class LogsInput(BaseModel):
-    """Read one node's log of one phase from an offset: a live node's (handle), or the
-    copy kept on the worker when a managed job's cluster went away (saved)."""
+    """Read one node's log of one phase from an offset: a live cluster's (named by its
+    workflow: the worker asks that workflow for the nodes, never trusting a client with
+    hosts, users or keys), or the copy kept on the worker when a managed job's cluster
+    went away (saved)."""
 
-    handle: ClusterHandle | None = None
+    # The cluster's workflow id (`cluster-<name>`, or `job-<id>` for a managed job's
+    # current cluster), and which cluster the reader follows: when the workflow's
+    # nodes are another cluster's by now (a managed job moved on), nothing is read.
+    workflow_id: str | None = None
+    cluster: str | None = None
     job_id: int = 1
     rank: int = 0
     phase: Phase = Phase.RUN
     # `<managed job id>/<attempt>` under the worker's job-log directory.
     saved: str | None = None
     offset: int = 0
+    # At most this many bytes per read (base64 in a payload: well under its 2 MB limit).
     max_bytes: int = 1 << 20
     # Wait up to this long for the log to grow past offset (a follower's long poll).
     wait_seconds: float = 0.0

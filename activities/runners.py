@@ -54,10 +54,12 @@ class Runner(ABC):
         """Write a whole file on the node (parents created), atomically."""
 
     @abstractmethod
-    def read_file(self, path: str, offset: int = 0, *, wait_seconds: float = 0) -> bytes:
-        """Bytes of a file from offset; empty when it does not exist (yet). With
-        wait_seconds, waits (on the node, in one command) up to that long for the file to
-        grow past offset: a log follower's long poll."""
+    def read_file(
+        self, path: str, offset: int = 0, *, wait_seconds: float = 0, limit: int | None = None
+    ) -> bytes:
+        """Bytes of a file from offset (at most `limit`); empty when it does not exist
+        (yet). With wait_seconds, waits (on the node, in one command) up to that long for
+        the file to grow past offset: a log follower's long poll."""
 
     @abstractmethod
     def sync_dir(self, source: str, target: str) -> None:
@@ -141,14 +143,16 @@ class LocalRunner(Runner):
             self.put_file(path, content, mode)
         return super().nodelet(verb, directory)
 
-    def read_file(self, path: str, offset: int = 0, *, wait_seconds: float = 0) -> bytes:
+    def read_file(
+        self, path: str, offset: int = 0, *, wait_seconds: float = 0, limit: int | None = None
+    ) -> bytes:
         target = Path(path).expanduser()
         deadline = time.monotonic() + wait_seconds
         while True:
             try:
                 with open(target, "rb") as f:
                     f.seek(offset)
-                    data = f.read()
+                    data = f.read(-1 if limit is None else limit)
             except FileNotFoundError:
                 data = b""
             if data or time.monotonic() >= deadline:

@@ -61,8 +61,9 @@ class Tracker:
     could not be delivered is told again, and a key that stays absent is forgotten."""
 
     def __init__(self, forget_after: int = FORGET_AFTER_ROUNDS) -> None:
-        # (workflow id, observation key) → (state last delivered, round it was last seen).
-        self.delivered: dict[tuple[str, Any], tuple[str, int]] = {}
+        # (workflow id, cluster owner, observation key) → (state last delivered, round it
+        # was last seen). The owner tells a cluster from a later one of the same name.
+        self.delivered: dict[tuple[str, str | None, Any], tuple[str, int]] = {}
         self.forget_after = forget_after
         self.rounds = 0
 
@@ -71,7 +72,7 @@ class Tracker:
         self.rounds += 1
         out: dict[str, list[Observation]] = defaultdict(list)
         for w in seen:
-            key = (w.workflow_id, w.observation.key)
+            key = (w.workflow_id, w.observation.owner, w.observation.key)
             known = self.delivered.get(key)
             if known is not None and known[0] == _signature(w.observation):
                 self.delivered[key] = (known[0], self.rounds)
@@ -81,7 +82,7 @@ class Tracker:
 
     def told(self, wid: str, observations: list[Observation]) -> None:
         for o in observations:
-            self.delivered[(wid, o.key)] = (_signature(o), self.rounds)
+            self.delivered[(wid, o.owner, o.key)] = (_signature(o), self.rounds)
 
     def forget_old(self) -> None:
         # Forget what has not been on any node for a while (its cluster is torn down).
@@ -125,7 +126,8 @@ class Watcher:
             log.exception("sweeping %s failed; trying again next round", self.key)
             return 0
         news = self.tracker.news(seen)
-        told = sum(await asyncio.gather(*(self._tell(*item) for item in news.items())))
+        tells = asyncio.gather(*(self._tell(*item) for item in news.items()))
+        told = sum(await _beating(tells))
         self.tracker.forget_old()
         return told
 

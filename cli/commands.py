@@ -128,9 +128,15 @@ def candidates_of(task: Task) -> tuple[list[Candidate], bool]:
     for cand in task.resources.candidates():
         cloud, region, zone = cand.placement()
         where = cand.infra or "/".join(x for x in (cloud, region, zone) if x) or "local"
-        out.append(
-            Candidate(infra=where, resources=cand.model_dump(mode="json", exclude_none=True))
-        )
+        # SkyPilot's internal fields (`_docker_login_config` holds a registry password)
+        # never travel: workflow inputs and memos are shown in the web UI.
+        internal = {
+            name
+            for name, field in type(cand).model_fields.items()
+            if (field.alias or "").startswith("_")
+        }
+        resources = cand.model_dump(mode="json", exclude_none=True, exclude=internal)
+        out.append(Candidate(infra=where, resources=resources))
     return out, task.resources.ordered is not None
 
 

@@ -171,6 +171,21 @@ async def _follow(
     out = sys.stdout.buffer
     last_status = None
     attempts_shown: list = []
+    followed: str | None = None  # the attempt's cluster whose live log is being followed
+    wid = managed_job_workflow_id(job_id)
+
+    async def show(data: bytes) -> None:
+        if data:
+            out.write(data)
+            out.flush()
+
+    async def finish_attempt(cluster: str) -> None:
+        """The rest of an attempt that ended, from the copy the worker kept of it (read
+        on from where its live log was left)."""
+        saved = f"{job_id}/{cluster.rsplit('-', 1)[-1]}"
+        for phase in (Phase.SETUP, Phase.RUN):
+            await show(await reader.read(cluster, phase, rank=rank, saved=saved))
+
     while True:
         view = await sky.describe_managed(job_id)
         # Each placement that gave no nodes, as it happens (the failover table).
@@ -184,42 +199,37 @@ async def _follow(
                        + ")", err=True)  # fmt: skip
             last_status = view.status
         handle = view.handle
-        if follow_logs and handle is not None and not view.status.terminal:
+        live = handle is not None and not view.status.terminal
+        if follow_logs and followed is not None and (not live or view.cluster != followed):
+            await finish_attempt(followed)
+            followed = None
+        if follow_logs and live and handle is not None:
             _node(handle, rank, job_id)
+            followed = handle.cluster
             # Setup's log while starting; once running, setup's is final: read it once
             # more, then long-poll the run's until the job's state moves on.
             running = view.status is ManagedJobStatus.RUNNING
-            phases = [Phase.SETUP, Phase.RUN] if running else [Phase.SETUP]
-            for phase in phases:
-                live = phase is Phase.RUN or not running
+            for phase in [Phase.SETUP, Phase.RUN] if running else [Phase.SETUP]:
+                polling = phase is Phase.RUN or not running
                 read = reader.read(
                     handle.cluster,
                     phase,
-                    handle=handle,
+                    workflow_id=wid,
+                    cluster=handle.cluster,
                     job_id=MANAGED_JOB_ON_CLUSTER,
                     rank=rank,
-                    wait=WAIT_SECONDS if live else 0.0,
+                    wait=WAIT_SECONDS if polling else 0.0,
                 )
 
                 async def moved_on(seen: ManagedJobView = view) -> bool:
                     now = await sky.describe_managed(job_id)
                     return now.status is not seen.status or now.cluster != seen.cluster
 
-                data, _ = await until_done(read, moved_on) if live else (await read, False)
-                if data:
-                    out.write(data)
-                    out.flush()
+                data, _ = await until_done(read, moved_on) if polling else (await read, False)
+                await show(data or b"")
         if view.status.terminal:
-            # The last attempt's tail, from the copy the worker kept when its cluster went.
-            if follow_logs and view.cluster:
-                number = view.cluster.rsplit("-", 1)[-1]
-                for phase in (Phase.SETUP, Phase.RUN):
-                    data = await reader.read(
-                        view.cluster, phase, rank=rank, saved=f"{job_id}/{number}"
-                    )
-                    if data:
-                        out.write(data)
-                        out.flush()
+            if follow_logs and followed is None and view.cluster:
+                await finish_attempt(view.cluster)
             return view
         await asyncio.sleep(POLL_SECONDS)
 
@@ -246,8 +256,8 @@ def queue(*, as_json: bool, skip_finished: bool) -> None:
 def logs(job_id: int, *, follow_: bool, rank: int = 0) -> None:
     async def go(sky: SkyloomClient) -> int:
         view = await sky.describe_managed(job_id)
-        if view.handle is not None:
-            _node(view.handle, rank, job_id)  # a rank it does not have is bad input
+        if rank >= view.num_nodes:  # a rank it does not have is bad input
+            raise BadInput(f"--node-rank {rank}: job {job_id} runs on {view.num_nodes} node(s)")
         if follow_ and not view.status.terminal:
             view = await follow(sky, job_id, follow_logs=True, rank=rank)
         else:
@@ -269,17 +279,22 @@ async def _print_saved(sky: SkyloomClient, job_id: int, view: ManagedJobView, ra
         saved = await session.saved_logs(job_id)
         for attempt in saved.attempts:
             for phase in (Phase.SETUP, Phase.RUN):
-                out.write(
-                    await reader.read(str(attempt), phase, rank=rank, saved=f"{job_id}/{attempt}")
-                )
+                at = f"{job_id}/{attempt}"
+                out.write(await reader.read(at, phase, rank=rank, saved=at))
         live = view.handle
         if live is not None and not view.status.terminal:
-            for phase in (Phase.SETUP, Phase.RUN):
-                out.write(
-                    await reader.read(
-                        live.cluster, phase, handle=live, job_id=MANAGED_JOB_ON_CLUSTER, rank=rank
+            number = live.cluster.rsplit("-", 1)[-1]
+            if not (number.isdigit() and int(number) in saved.attempts):
+                for phase in (Phase.SETUP, Phase.RUN):
+                    data = await reader.read(
+                        live.cluster,
+                        phase,
+                        workflow_id=managed_job_workflow_id(job_id),
+                        cluster=live.cluster,
+                        job_id=MANAGED_JOB_ON_CLUSTER,
+                        rank=rank,
                     )
-                )
+                    out.write(data)
         out.flush()
     finally:
         await session.close()

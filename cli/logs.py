@@ -12,13 +12,13 @@ from collections.abc import Awaitable, Callable
 
 from skyloom.activities.models import ClusterHandle, LogChunk, LogsInput, Phase
 from skyloom.client.api import Rejected, SkyloomClient, WorkerError, WorkerSession
-from skyloom.workflows.models import JobStatus, JobView
+from skyloom.workflows.models import JobStatus, JobView, cluster_workflow_id
 from skyloom.workflows.policies import failover_table
 
 # Between two looks at a job's state (queries: they write nothing).
 POLL_SECONDS = 0.2
 # While a long poll waits, the job's state is looked at this often (a query: cheap).
-MOVED_ON_SECONDS = 0.05
+MOVED_ON_SECONDS = 0.1
 # A follower's long poll: the worker waits this long for more output before answering.
 WAIT_SECONDS = 5.0
 # Between two reads while output pours out, so bursts are batched into few requests;
@@ -46,24 +46,30 @@ class LogReader:
         key: str,
         phase: Phase,
         *,
-        handle: ClusterHandle | None = None,
+        workflow_id: str | None = None,
+        cluster: str | None = None,
         job_id: int = 1,
         rank: int = 0,
         saved: str | None = None,
         wait: float = 0.0,
     ) -> bytes:
+        """The log's bytes past what was read before under `key`: a live cluster's (its
+        workflow id) or a copy the worker kept (`saved`). The offset moves only when the
+        bytes are handed back: a read cancelled half-way is read again, never lost."""
         k = (key, rank, phase.value)
+        offset = self.offsets.get(k, 0)
         out = b""
         while True:
             try:
                 chunk: LogChunk = await self.session.read_logs(
                     LogsInput(
-                        handle=handle,
+                        workflow_id=None if saved else workflow_id,
+                        cluster=cluster,
                         job_id=job_id,
                         rank=rank,
                         phase=phase,
                         saved=saved,
-                        offset=self.offsets.get(k, 0),
+                        offset=offset,
                         wait_seconds=wait if not out else 0.0,
                     )
                 )
@@ -71,11 +77,13 @@ class LogReader:
                 if not self.warned:
                     print(f"(cannot read node {rank}'s log: {e})", file=sys.stderr)
                     self.warned = True
-                return out
-            self.offsets[k] = chunk.offset
+                break
+            offset = chunk.offset
             out += chunk.data
             if not chunk.more:
-                return out
+                break
+        self.offsets[k] = offset
+        return out
 
 
 async def until_done(
@@ -214,9 +222,12 @@ async def _read(
     """One read: (bytes, whether the job's state moved on meanwhile). While the phase is
     live it is a long poll that gives up when the job's state moves on (the state is then
     read again by the caller, and the rest of the log)."""
+    wid, cluster = cluster_workflow_id(handle.cluster), handle.cluster
     if not live:
-        return await reader.read(key, phase, handle=handle, job_id=job_id, rank=rank), False
-    cluster = handle.cluster
+        once = await reader.read(
+            key, phase, workflow_id=wid, cluster=cluster, job_id=job_id, rank=rank
+        )
+        return once, False
 
     async def moved_on() -> bool:
         d = await sky.describe(cluster)
@@ -225,7 +236,15 @@ async def _read(
         return j is None or j.status is not want
 
     data, moved = await until_done(
-        reader.read(key, phase, handle=handle, job_id=job_id, rank=rank, wait=WAIT_SECONDS),
+        reader.read(
+            key,
+            phase,
+            workflow_id=wid,
+            cluster=cluster,
+            job_id=job_id,
+            rank=rank,
+            wait=WAIT_SECONDS,
+        ),
         moved_on,
     )
     return data or b"", moved

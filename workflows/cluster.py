@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 from temporalio import workflow
@@ -48,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
         ClusterUpdate,
         DownInput,
         JobRecord,
+        JobSpec,
         JobStatus,
         JobView,
         StartInput,
@@ -81,6 +83,9 @@ class ClusterWorkflow:
         # the job would go on to its next step. Every step checks this flag first.
         self.stop_running = False
         self.phases = PhaseWatch()
+        # Lifecycle handlers waiting for the lock: no job starts meanwhile (a lock just
+        # released to a waiter does not look locked for a moment).
+        self.lifecycle_waiting = 0
         # Bumped by every handler and job ending: the main loop re-evaluates on change.
         self.changes = 0
 
@@ -89,6 +94,10 @@ class ClusterWorkflow:
     @workflow.run
     async def run(self, inp: ClusterInput) -> ClusterResult:
         problem = inp.problems(workflow.info().workflow_id)
+        if inp.carried is not None and workflow.info().continued_run_id is None:
+            # Only a run this workflow continued carries state: a client may not hand a
+            # fresh cluster nodes (hosts, users, keys) of its own making.
+            problem = "carried: only a continued run carries state"
         if problem is not None:
             # Any client may start this workflow: a bad input ends it here, having
             # created nothing and joined nothing into a path or a command.
@@ -115,20 +124,32 @@ class ClusterWorkflow:
                 if self._should_continue_as_new():
                     await workflow.wait_condition(workflow.all_handlers_finished)
                     workflow.continue_as_new(self._carry())
-        except asyncio.CancelledError:
-            # Cancelling the workflow means the cluster goes away: never leak its nodes.
+        except (asyncio.CancelledError, ActivityError) as e:
+            if isinstance(e, ActivityError) and not isinstance(e.cause, CancelledError):
+                raise
+            # Cancelling the workflow (which may surface through an activity it was
+            # awaiting) means the cluster goes away: never leak its nodes.
             await self._terminate_nodes()
             raise
         await workflow.wait_condition(workflow.all_handlers_finished)
         return ClusterResult(name=inp.name, status=self.state.status, reason=self.state.reason)
 
     async def _wait_for_change(self, seen: int) -> None:
+        if self.lifecycle.locked() or self.lifecycle_waiting:
+            # A stop/start/down is under way: nothing is due before it ends (an autostop
+            # deadline that passed meanwhile is looked at again then, never spun on).
+            await workflow.wait_condition(
+                lambda: (
+                    self.changes != seen or not (self.lifecycle.locked() or self.lifecycle_waiting)
+                )
+            )
+            return
         deadline = policies.autostop_deadline(
             self.state.autostop, self.state.jobs, self.state.last_active
         )
         timeout = None
         if deadline is not None and self.state.status is ClusterStatus.UP:
-            timeout = max(deadline - workflow.now(), timedelta(0))
+            timeout = max(deadline - workflow.now(), timedelta(seconds=1))
         with contextlib.suppress(TimeoutError):
             # Only a continue-as-new that can happen now wakes the loop (one suggested while
             # a job runs waits for the job's end, which is a change anyway).
@@ -159,7 +180,13 @@ class ClusterWorkflow:
             self.state.reason = f"autostop off: the {self._infra()} infra cannot stop nodes"
             self._changed()
             return
-        await self._stop("autostop")
+        try:
+            await self._stop("autostop")
+        except ActivityError as e:
+            # Nodes that cannot be stopped now (a host away): stay UP, try again later.
+            self.state.reason = f"autostop could not stop the nodes: {_reason(e)}"
+            self.state.last_active = workflow.now()
+            self._changed()
 
     def _continue_suggested(self) -> bool:
         info = workflow.info()
@@ -169,11 +196,22 @@ class ClusterWorkflow:
         )
 
     def _should_continue_as_new(self) -> bool:
-        return self._continue_suggested() and self.job_task is None and not self.lifecycle.locked()
+        return (
+            self._continue_suggested()
+            and self.job_task is None
+            and not (self.lifecycle.locked() or self.lifecycle_waiting)
+        )
 
     def _carry(self) -> ClusterInput:
         state = self.state.model_copy()
-        state.jobs = policies.trim_history(state.jobs, _KEEP_FINISHED_JOBS)
+        # Finished jobs keep what queries show; their scripts and envs are not carried
+        # (hundreds of them would outgrow a payload).
+        state.jobs = [
+            j.model_copy(update={"spec": JobSpec(name=j.spec.name, num_nodes=j.num_nodes)})
+            if j.status.terminal
+            else j
+            for j in policies.trim_history(state.jobs, _KEEP_FINISHED_JOBS)
+        ]
         return self.inp.model_copy(update={"carried": state})
 
     def _changed(self) -> None:
@@ -271,7 +309,9 @@ class ClusterWorkflow:
 
     async def _stop(self, why: str) -> None:
         await self._cancel_jobs_for(f"cluster stopped ({why})")
-        await calls.QUICK.run(m.STOP_NODES, self._ref())
+        # A bounded number of tries: a stop that cannot reach a node must end (and say
+        # so), not hold the lifecycle lock forever.
+        await calls.PROVISION.run(m.STOP_NODES, self._ref())
         self._set_status(ClusterStatus.STOPPED, f"stopped ({why})")
 
     async def _down(self, why: str, purge: bool = False) -> None:
@@ -307,11 +347,18 @@ class ClusterWorkflow:
         task = self.job_task
         if task is None:
             return
-        if self.running_job is not None:
-            self.running_job.reason = reason
+        job = self.running_job
+        if job is not None:
+            job.reason = reason
         self.stop_running = True
         task.cancel()
-        await workflow.wait_condition(lambda: self.job_task is None)
+        await workflow.wait_condition(lambda: self.job_task is None or task.done())
+        if self.job_task is task:
+            # Cancelled before it ever ran: its own cleanup never ran either.
+            if job is not None and not job.status.terminal:
+                self._finish(job, JobStatus.CANCELLED, None, None, reason)
+            self.job_task = self.running_job = None
+            self._changed()
 
     def _check_not_stopped(self) -> None:
         if self.stop_running:
@@ -320,7 +367,8 @@ class ClusterWorkflow:
     # ---- jobs ------------------------------------------------------------------------
 
     def _maybe_start_job(self) -> None:
-        if self.state.status is not ClusterStatus.UP or self.job_task or self.lifecycle.locked():
+        busy = self.lifecycle.locked() or self.lifecycle_waiting
+        if self.state.status is not ClusterStatus.UP or self.job_task or busy:
             return
         job = policies.next_job(self.state.jobs)
         if job is not None:
@@ -393,8 +441,8 @@ class ClusterWorkflow:
         reason: str | None
         if out.ending is Ending.PREEMPTED:
             reason = f"{phase} stopped: the nodes were preempted"
-        elif phase == "setup" and out.reason and out.reason.startswith("failed on node"):
-            reason = f"setup {out.reason}"
+        elif phase == "setup" and out.exit_code is not None:
+            reason = f"setup failed on node {out.failed_rank}"
         else:
             reason = out.reason
         self._finish(job, status, out.exit_code, out.failed_rank, reason)
@@ -439,11 +487,15 @@ class ClusterWorkflow:
     @workflow.signal(name=OBSERVE_SIGNAL)
     def observe(self, observations: list[Observation]) -> None:
         """From the watcher: phases that ended on this cluster's nodes. Only news about
-        the running job (or the nodes) is kept; a new watcher retells old endings."""
+        the running job (or the nodes) of this cluster (not an older namesake's) is kept;
+        a new watcher retells old endings."""
         job = self.running_job
         if job is None:
             return
-        self.phases.observe([o for o in observations if o.job_id in (None, job.id)])
+        owner = self._owner()
+        self.phases.observe(
+            [o for o in observations if o.job_id in (None, job.id) and o.owner in (None, owner)]
+        )
 
     # ---- updates ---------------------------------------------------------------------
 
@@ -494,9 +546,24 @@ class ClusterWorkflow:
             await self._cancel_running("cancelled")
         return CancelJobsResult(cancelled=cancelled)
 
+    @contextlib.asynccontextmanager
+    async def _lifecycle_change(self) -> AsyncIterator[None]:
+        """The lifecycle lock, counted while waited for (no job starts meanwhile)."""
+        self.lifecycle_waiting += 1
+        acquired = False
+        try:
+            async with self.lifecycle:
+                self.lifecycle_waiting -= 1
+                acquired = True
+                yield
+        finally:
+            if not acquired:
+                self.lifecycle_waiting -= 1
+            self._changed()
+
     @workflow.update(name=ClusterUpdate.STOP)
     async def stop(self, inp: StopInput) -> ClusterDescription:
-        async with self.lifecycle:
+        async with self._lifecycle_change():
             if self.state.status is ClusterStatus.UP:
                 await self._stop("requested")
         return self.describe()
@@ -513,7 +580,7 @@ class ClusterWorkflow:
 
     @workflow.update(name=ClusterUpdate.START)
     async def start(self, inp: StartInput) -> ClusterDescription:
-        async with self.lifecycle:
+        async with self._lifecycle_change():
             if self.state.status is ClusterStatus.STOPPED:
                 self.state.handle = await calls.PROVISION.run(m.START_NODES, self._ref())
                 self.state.last_active = workflow.now()
@@ -527,7 +594,7 @@ class ClusterWorkflow:
 
     @workflow.update(name=ClusterUpdate.DOWN)
     async def down(self, inp: DownInput) -> ClusterDescription:
-        async with self.lifecycle:
+        async with self._lifecycle_change():
             if self.state.status is not ClusterStatus.TERMINATED:
                 await self._down("requested", purge=inp.purge)
         return self.describe()

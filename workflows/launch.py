@@ -22,7 +22,7 @@ from datetime import timedelta
 from typing import TypeVar
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
     from skyloom.activities import models as m
@@ -149,6 +149,8 @@ class Launcher:
                     return up, idx
                 kind, why = ErrorKind.NO_CAPACITY.value, f"nodes not up after {_UP_DEADLINE}"
             except ActivityError as e:
+                if isinstance(e.cause, CancelledError):
+                    raise  # the workflow is being cancelled: no next placement
                 kind = str(kind_of(e) or "Error")
                 why = message_of(e)
                 if where_of(e).region:

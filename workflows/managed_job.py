@@ -71,6 +71,9 @@ with workflow.unsafe.imports_passed_through():
 T = TypeVar("T")
 Status = ManagedJobStatus
 _MAX_EVENTS = 50
+# A job's clusters are released at its end: tries, and the wait between them.
+_FINAL_TERMINATE_TRIES = 3
+_FINAL_TERMINATE_GAP = timedelta(minutes=1)
 
 
 class _Cancelled(Exception):
@@ -100,6 +103,7 @@ class ManagedJobWorkflow:
                 name=inp.name,
                 status=Status.PENDING,
                 num_tasks=len(inp.tasks),
+                num_nodes=max((t.spec.num_nodes for t in inp.tasks), default=1),
                 submitted_at=workflow.now(),
             )
         )
@@ -112,7 +116,14 @@ class ManagedJobWorkflow:
     def observe(self, observations: list[Observation]) -> None:
         # Only news about a cluster of ours that is still up is kept (a new watcher
         # retells every ending it finds; the carried state must stay small).
-        self.phases.observe([o for o in observations if o.cluster in self.s.live])
+        live = self.s.live
+        self.phases.observe(
+            [
+                o
+                for o in observations
+                if o.cluster in live and o.owner in (None, live[o.cluster].owner)
+            ]
+        )
 
     @workflow.signal(name=CANCEL_SIGNAL)
     def cancel(self) -> None:
@@ -128,6 +139,9 @@ class ManagedJobWorkflow:
     @workflow.run
     async def run(self, inp: ManagedJobInput) -> ManagedJobView:
         problem = inp.problems(workflow.info().workflow_id)
+        if inp.carried is not None and workflow.info().continued_run_id is None:
+            # Only a run this job continued carries state: a client may not hand it nodes.
+            problem = "carried: only a continued run carries state"
         if problem is not None:
             raise invalid_input(MANAGED_JOB_WORKFLOW, problem)
         if inp.carried is None:
@@ -164,8 +178,18 @@ class ManagedJobWorkflow:
     async def _finish(self, status: ManagedJobStatus, why: str | None) -> None:
         if status is Status.CANCELLED:
             self._set(Status.CANCELLING, why)
-        for name in list(self.s.live):
-            await self._terminate(name)
+        # Every cluster it launched goes; one that cannot be released now (a host away)
+        # is tried again a few times, then named in the reason rather than held forever.
+        for attempt in range(_FINAL_TERMINATE_TRIES):
+            for name in list(self.s.live):
+                await self._terminate(name)
+            if not self.s.live:
+                break
+            if attempt + 1 < _FINAL_TERMINATE_TRIES:
+                await workflow.sleep(_FINAL_TERMINATE_GAP)
+        if self.s.live:
+            left = ", ".join(f"{n} on {r.infra}" for n, r in self.s.live.items())
+            why = f"{why + '; ' if why else ''}could not release {left}: nodes may be left"
         self.s.current = None
         self.view.ended_at = workflow.now()
         self._set(status, why)
@@ -282,6 +306,11 @@ class ManagedJobWorkflow:
                 if not recovering:
                     raise _NoResource(str(e)) from e
                 self._event(f"no capacity ({len(e.attempts)} placement(s)); retrying in {wait}")
+                self.s.live.pop(name, None)  # each failed placement was cleaned up
+                if self._continue_suggested():
+                    # Waiting for capacity may last long: continue as new between tries
+                    # (nothing is running; the next run launches afresh).
+                    raise Pause() from e
                 await self._sleep(wait)
                 self.s.move_on = False
                 continue
@@ -363,11 +392,17 @@ class ManagedJobWorkflow:
     # ---- helpers ----------------------------------------------------------------------
 
     async def _step(self, call: Awaitable[T]) -> T:
-        """Await an activity unless the job is cancelled meanwhile: then cancel it, wait
-        until it has really stopped (a half-done launch must not outlive the cleanup that
-        follows), and stop the attempt."""
+        """Await an activity unless the job is cancelled meanwhile (by the signal, or the
+        workflow itself being cancelled): then cancel it, wait until it has really stopped
+        (a half-done launch must not outlive the cleanup that follows), and stop."""
         task = asyncio.ensure_future(call)
-        await workflow.wait_condition(lambda: task.done() or self.s.cancel_requested)
+        try:
+            await workflow.wait_condition(lambda: task.done() or self.s.cancel_requested)
+        except asyncio.CancelledError:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            raise
         if not task.done():
             task.cancel()
             with contextlib.suppress(BaseException):
@@ -388,14 +423,23 @@ class ManagedJobWorkflow:
                 m.SAVE_LOGS, SaveLogsInput(handle=handle, job_id=JOB_ON_CLUSTER, dest=dest)
             )
 
-    async def _terminate(self, name: str) -> None:
+    async def _terminate(self, name: str) -> bool:
+        """Release a cluster of the job's; False (and it stays to be tried again) when
+        its provider cannot now."""
         ref = self.s.live.get(name)
         if ref is None:
-            return
-        await calls.PROVISION.run(m.TERMINATE_NODES, ref)
+            return True
+        try:
+            await calls.PROVISION.run(m.TERMINATE_NODES, ref)
+        except ActivityError as e:
+            self._event(f"could not terminate {name} yet: {message_of(e)}")
+            return False
         del self.s.live[name]
         self.phases.forget(name)
+        if self.view.handle is not None and self.view.handle.cluster == name:
+            self.view.handle = None  # its nodes are gone: nobody reads them any more
         self._event(f"terminated {name}")
+        return True
 
     def _set(self, status: ManagedJobStatus, reason: str | None = None) -> None:
         changed = status is not self.view.status

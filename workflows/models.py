@@ -15,8 +15,8 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field
-from skyloom.activities.models import OBSERVE_SIGNAL as OBSERVE_SIGNAL
 from skyloom.activities.models import (
+    DESCRIBE,
     Candidate,
     Capability,
     ClusterHandle,
@@ -24,6 +24,7 @@ from skyloom.activities.models import (
     LaunchAttempt,
     Observation,
 )
+from skyloom.activities.models import OBSERVE_SIGNAL as OBSERVE_SIGNAL
 from skyloom.spec.names import name_problem
 from skyloom.workflows.recovery import RecoveryPolicy
 
@@ -57,7 +58,7 @@ class SessionUpdate(StrEnum):
     SAVED_LOGS = "saved_logs"
 
 
-DESCRIBE_QUERY = "describe"
+DESCRIBE_QUERY = DESCRIBE
 CANCEL_SIGNAL = "cancel"
 CLOSE_SIGNAL = "close"
 ALLOCATE_UPDATE = "allocate"
@@ -84,6 +85,19 @@ def _infra_problem(infra: object, field: str) -> str | None:
         return f"{field}: expected an infra such as local or ssh/<pool>"
     if any(c.isspace() or c in "\"'`$;&|<>\\" for c in infra) or ".." in infra:
         return f"{field}: {infra!r} is not an infra name"
+    return None
+
+
+def _timing_problem(
+    check_every: float, retry_launch: float | None, continue_after: int | None
+) -> str | None:
+    """Intervals that would make a workflow spin or fail its own timers."""
+    if not check_every >= 1:
+        return f"check_every_seconds: expected at least 1, got {check_every}"
+    if retry_launch is not None and not retry_launch >= 1:
+        return f"retry_launch_seconds: expected at least 1, got {retry_launch}"
+    if continue_after is not None and continue_after < 10:
+        return f"continue_after_events: expected at least 10, got {continue_after}"
     return None
 
 
@@ -201,7 +215,11 @@ class ClusterInput(BaseModel):
             return f"workflow id {workflow_id!r}: expected {cluster_workflow_id(self.name)!r}"
         if not 1 <= self.num_nodes <= MAX_NODES:
             return f"num_nodes: expected 1 to {MAX_NODES}, got {self.num_nodes}"
-        return _infra_problem(self.infra, "infra") or _candidates_problem(self.all_candidates())
+        return (
+            _timing_problem(self.check_every_seconds, None, self.continue_after_events)
+            or _infra_problem(self.infra, "infra")
+            or _candidates_problem(self.all_candidates())
+        )
 
 
 class ClusterState(BaseModel):
@@ -345,6 +363,8 @@ class ManagedJobView(BaseModel):
     infra: str | None = None
     task_index: int = 0
     num_tasks: int = 1
+    # The most nodes any of its tasks runs on (the ranks its logs can have).
+    num_nodes: int = 1
     submitted_at: datetime | None = None
     started_at: datetime | None = None
     ended_at: datetime | None = None
@@ -419,6 +439,11 @@ class ManagedJobInput(BaseModel):
             return f"workflow id {workflow_id!r}: expected {want!r}"
         if not 1 <= len(self.tasks) <= MAX_TASKS:
             return f"tasks: expected 1 to {MAX_TASKS} tasks, got {len(self.tasks)}"
+        timing = _timing_problem(
+            self.check_every_seconds, self.retry_launch_seconds, self.continue_after_events
+        )
+        if timing:
+            return timing
         for i, task in enumerate(self.tasks):
             if not task.candidates:
                 return f"tasks[{i}].candidates: expected at least one place to run"

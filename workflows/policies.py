@@ -41,20 +41,6 @@ def autostop_deadline(
     return last_active + timedelta(minutes=cfg.idle_minutes)
 
 
-def phase_outcome(
-    exit_codes: list[int | None], setup: bool
-) -> tuple[JobStatus, int | None, int | None]:
-    """(status, exit code, failed rank) for a phase's per-node exit codes.
-
-    A node whose process vanished without an exit code (killed, node lost) counts as a
-    failure with no code.
-    """
-    for rank, code in enumerate(exit_codes):
-        if code != 0:
-            return (JobStatus.FAILED_SETUP if setup else JobStatus.FAILED), code, rank
-    return (JobStatus.RUNNING if setup else JobStatus.SUCCEEDED), 0, None
-
-
 def trim_history(jobs: list[JobRecord], keep_finished: int) -> list[JobRecord]:
     """Bound the state carried across continue-as-new: drop the oldest finished jobs."""
     finished = [j for j in jobs if j.status.terminal]

@@ -43,7 +43,8 @@ R = TypeVar("R")
 
 # A long poll may not hold a worker thread longer than this.
 _MAX_WAIT_SECONDS = 20.0
-_MAX_LOG_BYTES = 4 << 20
+# Base64 in a payload: well under the engine's 2 MB payload limit.
+_MAX_LOG_BYTES = 1 << 20
 
 
 @workflow.defn(name=SESSION_WORKFLOW)

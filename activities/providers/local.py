@@ -209,7 +209,12 @@ class LocalProvider(Provider):
                             continue
                         if preempted and wid not in told:
                             told.add(wid)
-                            obs = Observation(cluster=cluster, rank=rank, state=NodeState.PREEMPTED)
+                            obs = Observation(
+                                cluster=cluster,
+                                rank=rank,
+                                state=NodeState.PREEMPTED,
+                                owner=seen.owner,
+                            )
                             out.append(WatchedObservation(workflow_id=wid, observation=obs))
                         if seen.ended is not None:
                             out.append(seen.ended)
@@ -217,7 +222,9 @@ class LocalProvider(Provider):
                             # Exited, if it wrote its code between our two looks; else killed.
                             code = _int(_read(f"{pdir}/exit_code"))
                             state = PhaseState.EXITED if code is not None else PhaseState.KILLED
-                            out.append(_report(wid, cluster, rank, job, phase, state, code))
+                            out.append(
+                                _report(wid, cluster, rank, job, phase, state, code, seen.owner)
+                            )
         sweep.end()
         return out
 
@@ -316,11 +323,13 @@ class _Listing(NamedTuple):
 
 
 class _PhaseSeen(NamedTuple):
-    """A phase directory's files: whom to tell, how it ended if it did, its pid."""
+    """A phase directory's files: whom to tell, how it ended if it did, its pid, and the
+    owner of the cluster it belongs to."""
 
     workflow_id: str | None
     ended: WatchedObservation | None
     pid: int | None
+    owner: str | None
 
 
 def _listing(path: str) -> _Listing:
@@ -350,22 +359,28 @@ def _int(text: str | None) -> int | None:
 
 
 def _phase(cluster: str, rank: int, job: str, pdir: str) -> _PhaseSeen:
-    watch = _read(f"{pdir}/watch")
-    wid = watch.split("\n", 1)[0].strip() if watch else None
+    lines = (_read(f"{pdir}/watch") or "").split("\n")
+    wid = lines[0].strip()
+    owner = lines[3].strip() if len(lines) > 3 and lines[3].strip() not in ("", "-") else None
     phase = pdir.rsplit("/", 1)[1]
     if not wid or phase not in (Phase.SETUP, Phase.RUN):
-        return _PhaseSeen(None, None, None)
+        return _PhaseSeen(None, None, None, None)
     code = _int(_read(f"{pdir}/exit_code"))
-    ended = (
-        _report(wid, cluster, rank, job, phase, PhaseState.EXITED, code)
-        if code is not None
-        else None
-    )
-    return _PhaseSeen(wid, ended, _int(_read(f"{pdir}/pid")))
+    ended = None
+    if code is not None:
+        ended = _report(wid, cluster, rank, job, phase, PhaseState.EXITED, code, owner)
+    return _PhaseSeen(wid, ended, _int(_read(f"{pdir}/pid")), owner)
 
 
 def _report(
-    wid: str, cluster: str, rank: int, job: str, phase: str, state: PhaseState, code: int | None
+    wid: str,
+    cluster: str,
+    rank: int,
+    job: str,
+    phase: str,
+    state: PhaseState,
+    code: int | None,
+    owner: str | None,
 ) -> WatchedObservation:
     obs = Observation(
         cluster=cluster,
@@ -374,6 +389,7 @@ def _report(
         job_id=int(job),
         phase=Phase(phase),
         exit_code=code,
+        owner=owner,
     )
     return WatchedObservation(workflow_id=wid, observation=obs)
 

@@ -317,15 +317,18 @@ class SSHRunner(Runner):
             stdin=content,
         ).check(f"write {path} on {self.host.address}")
 
-    def read_file(self, path: str, offset: int = 0, *, wait_seconds: float = 0) -> bytes:
+    def read_file(
+        self, path: str, offset: int = 0, *, wait_seconds: float = 0, limit: int | None = None
+    ) -> bytes:
         # A command, not SFTP: hosts without the sftp subsystem are common. A waiting read
         # waits on the host, so a follower costs one login per burst of output.
         q = shlex.quote(path)
         wait = max(0, int(wait_seconds * 10))
+        head = f" | head -c {int(limit)}" if limit is not None else ""
         script = (
             f'n={wait}; while [ $n -gt 0 ] && [ "$(wc -c < {q} 2>/dev/null || echo 0)" '
             f"-le {int(offset)} ]; do sleep 0.1; n=$((n-1)); done; "
-            f"[ -f {q} ] && tail -c +{int(offset) + 1} {q}"
+            f"[ -f {q} ] && tail -c +{int(offset) + 1} {q}{head}"
         )
         code, out, _ = self._exec(script, None, 60 + wait_seconds)
         return out if code == 0 else b""

@@ -52,7 +52,8 @@ LOOP_NAME = "skyloom-watch"
 
 # $1: the node directory's name under ~/.skyloom_node, $2: rounds between heartbeats.
 # A zombie answers kill -0: its state in /proc says it is gone (where /proc exists).
-# Snapshot lines: "<workflow> <cluster> <rank> <job> <phase> <state> [code]", state one of
+# Snapshot lines: "<workflow> <cluster> <rank> <owner> <job> <phase> <state> [code]" (owner
+# "-" when the watch file names none), state one of
 # starting, running, exited (with its code), killed. Ended phases are final: remembered
 # (line_of) and not read again; a recreated jobs directory (a new claim) forgets them all,
 # noticed by holding the old one open and comparing inodes.
@@ -73,11 +74,11 @@ while :; do
     if [[ -z $line ]]; then
       at=${at_of[$d]-}
       if [[ -z $at ]]; then
-        wid= cluster= rank=
-        { read -r wid; read -r cluster; read -r rank; } 2>/dev/null <"$w"
+        wid= cluster= rank= owner=
+        { read -r wid; read -r cluster; read -r rank; read -r owner; } 2>/dev/null <"$w"
         [[ -n $rank ]] || continue
         j=${d%/*}
-        at="$wid $cluster $rank ${j##*/} ${d##*/}"; at_of[$d]=$at
+        at="$wid $cluster $rank ${owner:--} ${j##*/} ${d##*/}"; at_of[$d]=$at
       fi
       code= pid=
       if [[ -f $d/exit_code ]]; then
@@ -122,6 +123,7 @@ class WatchedPhase:
     workflow_id: str
     cluster: str
     rank: int
+    owner: str | None
     job_id: int
     phase: Phase
     state: PhaseState
@@ -130,12 +132,21 @@ class WatchedPhase:
     @classmethod
     def parse(cls, line: str) -> WatchedPhase | None:
         parts = line.split()
-        if len(parts) < 6:
+        if len(parts) < 7:
             return None
-        wid, cluster, rank, job, phase, state = parts[:6]
+        wid, cluster, rank, owner, job, phase, state = parts[:7]
         try:
-            code = int(parts[6]) if state == PhaseState.EXITED and len(parts) > 6 else None
-            return cls(wid, cluster, int(rank), int(job), Phase(phase), PhaseState(state), code)
+            code = int(parts[7]) if state == PhaseState.EXITED and len(parts) > 7 else None
+            return cls(
+                wid,
+                cluster,
+                int(rank),
+                None if owner == "-" else owner,
+                int(job),
+                Phase(phase),
+                PhaseState(state),
+                code,
+            )
         except ValueError:
             return None
 
@@ -152,6 +163,7 @@ class WatchedPhase:
             phase=self.phase,
             exit_code=self.exit_code if state == PhaseState.EXITED else None,
             reason=reason,
+            owner=self.owner,
         )
         return WatchedObservation(workflow_id=self.workflow_id, observation=obs)
 

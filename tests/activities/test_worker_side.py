@@ -4,7 +4,6 @@ before they touch a path, owners never adopted across namesakes."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +31,7 @@ from skyloom.activities.models import (
 from skyloom.activities.providers import local
 from skyloom.activities.providers.local import LocalProvider
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import ActivityEnvironment
 
 
@@ -120,37 +120,85 @@ def test_describe_reports_each_nodes_state(aenv, acts):
     assert [n.state for n in aenv.run(acts.describe_nodes, ref).nodes] == [NodeState.PREEMPTED] * 2
 
 
-def test_logs_are_read_from_offsets_and_a_follower_waits_for_more(aenv, acts):
+class Engine:
+    """What read_logs asks of the engine: a workflow's `describe` (its nodes)."""
+
+    def __init__(self) -> None:
+        self.described: dict[str, dict] = {}
+        self.asked: list[str] = []
+
+    def get_workflow_handle(self, workflow_id: str):
+        engine = self
+
+        class Handle:
+            async def query(self, name: str):
+                assert name == "describe"
+                engine.asked.append(workflow_id)
+                if workflow_id not in engine.described:
+                    raise RPCError("workflow not found", RPCStatusCode.NOT_FOUND, b"")
+                return engine.described[workflow_id]
+
+        return Handle()
+
+
+async def test_logs_are_read_from_offsets_and_a_follower_waits_for_more(acts):
+    engine = Engine()
+    aenv = ActivityEnvironment(client=engine)  # type: ignore[arg-type]
     handle = aenv.run(acts.provision, ProvisionInput(cluster="l", infra="local", num_nodes=1))
+    engine.described["cluster-l"] = {"handle": handle.model_dump(mode="json")}
     inp = PhaseInput(
         handle=handle, job_id=1, phase=Phase.RUN, command="echo one; sleep 1; echo two"
     )
     aenv.run(acts.start_phase, inp)
-    first = aenv.run(acts.read_logs, LogsInput(handle=handle, wait_seconds=5))
+    logs = LogsInput(workflow_id="cluster-l", cluster="l", wait_seconds=5)
+    first = await aenv.run(acts.read_logs, logs)
     assert first.data == b"one\n"
-    started = time.monotonic()
-    second = aenv.run(acts.read_logs, LogsInput(handle=handle, offset=first.offset, wait_seconds=5))
-    assert second.data == b"two\n" and time.monotonic() - started < 4.5
-    assert aenv.run(acts.read_logs, LogsInput(handle=handle, offset=second.offset)).data == b""
-    limited = aenv.run(acts.read_logs, LogsInput(handle=handle, max_bytes=2))
+    # A long poll: it waits for the next line rather than answering with nothing.
+    second = await aenv.run(acts.read_logs, logs.model_copy(update={"offset": first.offset}))
+    assert second.data == b"two\n"
+    rest = logs.model_copy(update={"offset": second.offset, "wait_seconds": 0})
+    assert (await aenv.run(acts.read_logs, rest)).data == b""
+    limited = await aenv.run(acts.read_logs, logs.model_copy(update={"max_bytes": 2}))
     assert (limited.data, limited.more) == (b"on", True)
     with pytest.raises(ApplicationError) as e:
-        aenv.run(acts.read_logs, LogsInput(handle=handle, rank=3))
+        await aenv.run(acts.read_logs, logs.model_copy(update={"rank": 3}))
     assert where_of(e.value).field == "rank"
+    # The reader followed cluster `l`; a job that moved on to another cluster reads none.
+    moved = await aenv.run(acts.read_logs, logs.model_copy(update={"cluster": "other"}))
+    assert moved.data == b""
 
 
-def test_saved_logs_are_listed_and_read_and_their_paths_checked(aenv, acts, tmp_path):
+@pytest.mark.parametrize("wid", ["cluster-../x", "job-1; rm -rf /", "sky-1", "", None])
+async def test_log_reads_ask_only_skylooms_workflows_for_nodes(acts, wid):
+    engine = Engine()
+    aenv = ActivityEnvironment(client=engine)  # type: ignore[arg-type]
+    with pytest.raises(ApplicationError) as e:
+        await aenv.run(acts.read_logs, LogsInput(workflow_id=wid))
+    assert where_of(e.value).field == "workflow_id" and engine.asked == []
+
+
+async def test_a_cluster_with_no_nodes_or_no_workflow_is_said(acts):
+    engine = Engine()
+    engine.described["cluster-gone"] = {"handle": None}
+    aenv = ActivityEnvironment(client=engine)  # type: ignore[arg-type]
+    for wid in ("cluster-gone", "cluster-never"):
+        with pytest.raises(ApplicationError) as e:
+            await aenv.run(acts.read_logs, LogsInput(workflow_id=wid))
+        assert wid in e.value.message
+
+
+async def test_saved_logs_are_listed_and_read_and_their_paths_checked(aenv, acts, tmp_path):
     handle = aenv.run(acts.provision, ProvisionInput(cluster="s", infra="local", num_nodes=1))
     log = Path(log_path(handle.nodes[0], 1, Phase.RUN))
     log.parent.mkdir(parents=True)
     log.write_text("saved output\n")
     aenv.run(acts.save_logs, SaveLogsInput(handle=handle, job_id=1, dest="7/2"))
     assert aenv.run(acts.saved_logs, SavedLogsInput(managed_job_id=7)).attempts == [2]
-    chunk = aenv.run(acts.read_logs, LogsInput(saved="7/2"))
+    chunk = await aenv.run(acts.read_logs, LogsInput(saved="7/2"))
     assert chunk.data == b"saved output\n"
     for bad in ("../../etc", "7/../../x", "7"):
         with pytest.raises(ApplicationError):
-            aenv.run(acts.read_logs, LogsInput(saved=bad))
+            await aenv.run(acts.read_logs, LogsInput(saved=bad))
 
 
 def test_check_runs_on_the_worker_and_names_it(aenv, acts):

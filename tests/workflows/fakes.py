@@ -54,6 +54,8 @@ class FakeCloud:
         self.capabilities: list[Capability] = ALL_CAPABILITIES
         self.block_launch = asyncio.Event()
         self.block_launch.set()
+        self.block_stop = asyncio.Event()
+        self.block_stop.set()
         self.preempted: set[str] = set()
         # What observe_cluster finds on the nodes (the safety-net look).
         self.observed: list[Observation] = []
@@ -172,6 +174,7 @@ class FakeCloud:
     @activity.defn(name=m.STOP_NODES.name)
     async def stop_nodes(self, ref: ClusterRef) -> None:
         self.calls["stop"] += 1
+        await self.block_stop.wait()
 
     @activity.defn(name=m.START_NODES.name)
     async def start_nodes(self, ref: ClusterRef) -> ClusterHandle:
@@ -202,11 +205,13 @@ class FakeCloud:
         ]
 
 
-def ended(p: PhaseInput, code: int | None = 0, rank: int = 0) -> Observation:
+def ended(
+    p: PhaseInput, code: int | None = 0, rank: int = 0, owner: str | None = None
+) -> Observation:
     state = PhaseState.EXITED if code is not None else PhaseState.KILLED
     return Observation(
         cluster=p.handle.cluster, rank=rank, state=state, job_id=p.job_id, phase=p.phase,
-        exit_code=code,
+        exit_code=code, owner=owner or p.handle.owner,
     )  # fmt: skip
 
 

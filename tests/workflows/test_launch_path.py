@@ -28,6 +28,7 @@ from skyloom.workflows.models import (
     ClusterInput,
     ClusterResult,
     ClusterStatus,
+    DownInput,
     JobSpec,
     JobStatus,
     ManagedJobInput,
@@ -392,3 +393,87 @@ async def test_a_placement_whose_cleanup_fails_is_said_and_the_next_is_tried(env
         d = await until(h, lambda d: d.status is ClusterStatus.UP, "up")
         assert d.infra == "ssh/b"
         assert "cleanup failed, nodes may be left: host h1 gone" in d.launch_attempts[0].message
+
+
+async def test_down_sent_during_the_launch_ends_the_cluster_and_its_job(env, cloud):
+    cloud.block_launch.clear()
+    async with worker(env, cloud):
+        h = await start_cluster(env, "local")
+        job_id = await submit(h, run="x")
+        while cloud.calls["provision"] == 0:
+            await asyncio.sleep(0.02)
+        down = asyncio.ensure_future(
+            h.execute_update("down", DownInput(), result_type=ClusterDescription)
+        )
+        await asyncio.sleep(0.3)
+        cloud.block_launch.set()  # the launch completes with the down waiting for it
+        d = await asyncio.wait_for(down, 30)
+        assert d.status is ClusterStatus.TERMINATED
+        assert job(d, job_id).status is JobStatus.CANCELLED
+        assert not cloud.live and cloud.started() == []
+
+
+async def test_an_ending_of_an_older_namesake_is_not_this_clusters(env, cloud):
+    async with worker(env, cloud):
+        h = await start_cluster(env, "local")
+        job_id = await submit(h, run="x")
+        p = await started(cloud, job_id, Phase.RUN)
+        await h.signal(OBSERVE_SIGNAL, [ended(p, 0, owner=f"{p.handle.cluster}.0ld0ld0l")])
+        await asyncio.sleep(0.3)
+        assert job(await describe(h), job_id).status is JobStatus.RUNNING
+        await h.signal(OBSERVE_SIGNAL, [ended(p, 0)])
+        d = await until(h, lambda d: job(d, job_id).status.terminal, "job ends")
+        assert job(d, job_id).status is JobStatus.SUCCEEDED
+
+
+async def test_autostop_due_while_a_stop_holds_the_lock_waits_for_it(env, cloud):
+    async with worker(env, cloud):
+        h = await start_cluster(env, "local")
+        await until(h, lambda d: d.status is ClusterStatus.UP, "up")
+        cloud.block_stop.clear()
+        stop = asyncio.ensure_future(
+            h.execute_update("stop", StopInput(), result_type=ClusterDescription)
+        )
+        while cloud.calls["stop"] == 0:
+            await asyncio.sleep(0.02)
+        # Autostop falls due while the stop holds the lifecycle lock: the workflow waits
+        # for the stop to end, and a stopped cluster has nothing left to autostop.
+        await h.execute_update("set_autostop", AutostopInput(idle_minutes=0))
+        await asyncio.sleep(0.5)
+        cloud.block_stop.set()
+        d = await asyncio.wait_for(stop, 30)
+        assert d.status is ClusterStatus.STOPPED and cloud.calls["stop"] == 1
+        assert (await describe(h)).status is ClusterStatus.STOPPED
+
+
+async def test_a_client_cannot_hand_a_fresh_cluster_carried_state(env, cloud):
+    from skyloom.activities.models import ClusterHandle, NodeInfo
+    from skyloom.workflows.models import ClusterState
+
+    evil = ClusterHandle(
+        cluster="c",
+        infra="ssh/x",
+        nodes=[NodeInfo(rank=0, node_id="x", ip="10.9.9.9", root="/", identity_file="/key")],
+    )
+    async with worker(env, cloud):
+        h = await env.client.start_workflow(
+            ClusterWorkflow.run,
+            ClusterInput(name="c", carried=ClusterState(status=ClusterStatus.UP, handle=evil)),
+            id="cluster-c",
+            task_queue=QUEUE,
+        )
+        with pytest.raises(WorkflowFailureError) as e:
+            await h.result()
+        assert "carried" in str(e.value.cause) and sum(cloud.calls.values()) == 0
+
+
+async def test_a_job_whose_cluster_cannot_be_released_still_ends_saying_so(env, cloud):
+    cloud.terminate_error = ErrorKind.UNREACHABLE
+    async with worker(env, cloud):
+        h = await start_job(env, "ssh/lab")
+        p = await started(cloud, 1, Phase.RUN)
+        await h.signal(OBSERVE_SIGNAL, [ended(p)])
+        v = ManagedJobView.model_validate(await h.result())
+        assert v.status is ManagedJobStatus.SUCCEEDED
+        assert "could not release" in (v.reason or "") and "ssh/lab" in (v.reason or "")
+        assert cloud.calls["terminate"] >= 3  # tried again before giving up

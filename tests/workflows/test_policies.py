@@ -47,14 +47,6 @@ def test_autostop_never_fires_while_busy_or_off():
     assert policies.autostop_deadline(cfg, [], None) is None
 
 
-def test_phase_outcome():
-    assert policies.phase_outcome([0, 0], setup=True) == (JobStatus.RUNNING, 0, None)
-    assert policies.phase_outcome([0, 0], setup=False) == (JobStatus.SUCCEEDED, 0, None)
-    assert policies.phase_outcome([0, 2], setup=True) == (JobStatus.FAILED_SETUP, 2, 1)
-    # A node whose process vanished (no exit code) failed too.
-    assert policies.phase_outcome([None, 0], setup=False) == (JobStatus.FAILED, None, 0)
-
-
 def test_trim_history_keeps_live_jobs_and_newest_finished():
     jobs = [job(i, JobStatus.SUCCEEDED) for i in range(1, 6)] + [job(6, JobStatus.PENDING)]
     kept = policies.trim_history(jobs, keep_finished=2)
