@@ -113,7 +113,8 @@ class Watcher:
                 f"{self.provider.watch_keys() or 'nothing'}",
             )
         self.key = key
-        self.interval = interval
+        # A cloud's sweep is an API call: it sets its own, longer, pace.
+        self.interval = max(interval, self.provider.watch_interval)
         self.tracker = Tracker(forget_after)
         self._signals = asyncio.Semaphore(SIGNALS_IN_FLIGHT)
 

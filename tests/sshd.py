@@ -265,6 +265,23 @@ class SSHHosts:
         _wait_port(host.ip, port, None)
         return host
 
+    def add_every_loopback(self) -> Host:
+        """One sshd answering on every 127.x address (it listens on all of them): it plays
+        every instance of a fake cloud that hands out loopback addresses."""
+        self._n += 1
+        port = free_port()
+        name = f"any{self._n}"
+        cfg = self._config(name, "0.0.0.0", port, None)
+        host = Host("127.0.0.1", port, self._spawn(cfg, name, None), cfg)
+        self.hosts.append(host)
+        _wait_port(host.ip, port, None)
+        return host
+
+    def authorize(self, public_key: str) -> None:
+        """Let another key log in too (a provider's own key)."""
+        with self.authorized.open("a") as f:
+            f.write(public_key.strip() + "\n")
+
     def add_netns(self, path_env: str | None = None) -> Host:
         """A host with its own network namespace and address (root only)."""
         self._n += 1

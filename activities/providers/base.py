@@ -44,6 +44,8 @@ class Provider(ABC):
 
     name: str
     capabilities: frozenset[Capability] = frozenset()
+    # Least seconds between two sweeps of a watch key (the worker's own pace if higher).
+    watch_interval: float = 0.0
 
     # -- the core: every provider
 

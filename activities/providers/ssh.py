@@ -105,8 +105,11 @@ class Connections:
     refused (never retried) with the file to edit if the host was really rebuilt.
     """
 
-    def __init__(self, known_hosts: Path) -> None:
+    def __init__(self, known_hosts: Path, *, strict: bool = True) -> None:
         self.known_hosts = known_hosts
+        # Not strict: any host key is accepted and nothing recorded (cloud VMs, whose
+        # addresses are handed to new machines all the time, as SkyPilot does for them).
+        self.strict = strict
         self._lock = threading.Lock()
         self._open: dict[str, Connection] = {}
         # One lock per host: connecting to a slow host must not hold up the others.
@@ -170,12 +173,15 @@ class Connections:
             connect_timeout=CONNECT_TIMEOUT,
             connect_kwargs=kwargs,
         )
-        self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
-        self.known_hosts.touch(mode=0o600, exist_ok=True)
-        # A known host offering another key raises BadHostKeyException; an unknown one is
-        # trusted on first use and recorded.
-        conn.client.get_host_keys().load(str(self.known_hosts))
-        conn.client.set_missing_host_key_policy(_TrustOnFirstUse(self.known_hosts))
+        if self.strict:
+            self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+            self.known_hosts.touch(mode=0o600, exist_ok=True)
+            # A known host offering another key raises BadHostKeyException; an unknown one
+            # is trusted on first use and recorded.
+            conn.client.get_host_keys().load(str(self.known_hosts))
+            conn.client.set_missing_host_key_policy(_TrustOnFirstUse(self.known_hosts))
+        else:
+            conn.client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
         try:
             conn.open()
         except Exception as e:

@@ -1,0 +1,136 @@
+"""A cloud provider end to end without an engine: offers from a catalog, nodes made in
+moto's EC2 (loopback addresses) and reached over SSH by one real sshd playing them all."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from skyloom.activities import catalog as cat
+from skyloom.activities.errors import ErrorKind, kind_of
+from skyloom.activities.models import ClusterRef, NodeState, ProvisionInput
+from skyloom.activities.providers.cloud import CloudProvider, ensure_key
+
+from tests.activities.test_aws_api import IMAGE, REGION, aws, moto_url  # noqa: F401
+from tests.sshd import SSHHosts, sshd_missing_reason
+
+needs_sshd = pytest.mark.skipif(
+    sshd_missing_reason() is not None, reason=str(sshd_missing_reason())
+)
+
+# us-east-1a and -1b as moto names them (zone ids are what the catalog holds).
+CATALOG_CSV = (
+    ",".join(cat.COLUMNS)
+    + "\n"
+    + "\n".join(
+        [
+            "m6i.2xlarge,,,8,32,0.384,0.2,us-east-1,use1-az6",
+            "m6i.2xlarge,,,8,32,0.384,0.1,us-east-1,use1-az1",
+            "m6i.2xlarge,,,8,32,0.384,0.3,us-east-1,use1-az9",  # no such zone in the account
+            "g5.xlarge,A10G,1,4,16,1.006,0.4,us-east-1,use1-az6",
+        ]
+    )
+)
+
+
+@pytest.fixture
+def hosts(tmp_path: Path) -> Iterator[SSHHosts]:
+    hs = SSHHosts(tmp_path / "sshd")
+    try:
+        yield hs
+    finally:
+        hs.close()
+
+
+def provider(aws, home: Path, port: int, user: str) -> CloudProvider:  # noqa: F811
+    rows, about = cat.parse("aws", CATALOG_CSV, "test")
+    return CloudProvider(
+        aws, home, ssh_user=user, ssh_port=port, use_internal_ips=True,
+        catalog=cat.Catalog(tuple(rows), {"aws": about}),
+    )  # fmt: skip
+
+
+def test_offers_name_zones_as_the_account_does_cheapest_first(aws, tmp_path: Path):  # noqa: F811
+    p = provider(aws, tmp_path, 22, "ubuntu")
+    on_demand = p.offers("aws", {}, 2)
+    # Same price: the catalog's zone id breaks the tie (use1-az1 is us-east-1b here).
+    assert [(o.zone, o.price_per_hour) for o in on_demand] == [
+        ("us-east-1b", 0.768),
+        ("us-east-1a", 0.768),
+    ]
+    spot = p.offers("aws/us-east-1", {"use_spot": True}, 1)
+    assert [o.zone for o in spot] == ["us-east-1b", "us-east-1a"]
+    assert [o.zone for o in p.offers("aws/us-east-1/us-east-1a", {}, 1)] == ["us-east-1a"]
+    assert p.offers("aws", {"accelerators": {"A10G": 1}}, 1)[0].instance_type == "g5.xlarge"
+    with pytest.raises(Exception) as info:
+        p.offers("aws/mars-1", {}, 1)
+    assert kind_of(info.value) is ErrorKind.INVALID_SPEC
+
+
+@needs_sshd
+def test_launch_run_and_down_on_moto_over_ssh(aws, hosts: SSHHosts, tmp_path: Path):  # noqa: F811
+    sshd = hosts.add_every_loopback()
+    home = tmp_path / "home"
+    p = provider(aws, home, sshd.port, hosts.user)
+    hosts.authorize(ensure_key(p.key_file))
+    offer = p.offers("aws", {}, 2)[0]
+    req = ProvisionInput(
+        cluster="train", infra="aws", num_nodes=2, owner="train.0badcafe",
+        resources={"image_id": IMAGE}, offer=offer,
+    )  # fmt: skip
+    handle = p.create(req)
+    assert handle.region == REGION and handle.zone == "us-east-1b"
+    assert [n.rank for n in handle.nodes] == [0, 1]
+    assert all(n.ip.startswith("127.0.2.") for n in handle.nodes)
+    # Again (a retried activity): the same nodes, nothing new.
+    again = p.create(req)
+    assert [n.node_id for n in again.nodes] == [n.node_id for n in handle.nodes]
+    assert len(aws.list_instances(REGION)) == 2
+    assert p.describe(handle) == [NodeState.UP, NodeState.UP]
+    for node in handle.nodes:
+        out = p.runner(node).run("echo rank-ok $(whoami)").check("echo")
+        assert out.stdout.strip() == f"rank-ok {hosts.user}"
+    p.terminate(ClusterRef(cluster="train", infra=handle.infra, handle=handle, owner=req.owner))
+    assert aws.list_instances(REGION) == []
+    assert p.describe(handle) == [NodeState.GONE, NodeState.GONE]
+    # Terminating what is gone, knowing only the owner (a crash before the handle).
+    p.terminate(ClusterRef(cluster="train", infra="aws", owner=req.owner))
+    p.close()
+
+
+def test_sweep_reports_a_reclaimed_spot_node_to_its_workflow(aws, tmp_path: Path):  # noqa: F811
+    from moto.ec2.models.instances import StateReason
+
+    from tests.activities.test_aws_api import backend
+
+    p = provider(aws, tmp_path, 1, "ubuntu")  # no sshd: nothing to watch over SSH
+    offer = p.offers("aws", {"use_spot": True}, 1)[0]
+    req = ProvisionInput(
+        cluster="spotty", infra="aws", num_nodes=1, owner="spotty.12345678",
+        resources={"image_id": IMAGE, "use_spot": True}, offer=offer,
+    )  # fmt: skip
+    handle = p.create(req)
+    assert p.sweep("aws") == []
+    # In an activity, create marks the node with its workflow; here the test does.
+    aws.ec2(REGION).create_tags(
+        Resources=[handle.nodes[0].node_id],
+        Tags=[{"Key": "skyloom-workflow", "Value": "cluster-spotty"}],
+    )
+    inst = backend().get_instance(handle.nodes[0].node_id)
+    inst.terminate()
+    inst.state_reason = StateReason(
+        "Server.SpotInstanceTermination: Spot instance termination",
+        "Server.SpotInstanceTermination",
+    )
+    seen = p.sweep("aws")
+    assert len(seen) == 1
+    obs = seen[0].observation
+    assert (obs.cluster, obs.rank, obs.state, obs.owner) == (
+        "spotty",
+        0,
+        NodeState.PREEMPTED,
+        "spotty.12345678",
+    )
+    assert seen[0].workflow_id == "cluster-spotty"
+    p.close()
