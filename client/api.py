@@ -19,7 +19,6 @@ from skyloom.activities.models import (
     Candidate,
     CheckInput,
     CheckReport,
-    ClusterHandle,
     LogChunk,
     LogsInput,
     PlanInput,
@@ -522,9 +521,3 @@ def _search_attributes(kind: str, name: str, status: str, infra: str) -> TypedSe
             SearchAttributePair(search.SA_USER, user()),
         ]
     )
-
-
-def node_handle(desc: ClusterDescription) -> ClusterHandle:
-    if desc.handle is None:
-        raise Rejected(f"cluster {desc.name} has no nodes yet ({desc.status.value})")
-    return desc.handle

@@ -122,6 +122,13 @@ def _lower_choice(value: Any, choices: tuple[str, ...], what: str) -> str:
     return value.lower()
 
 
+def _matching(value: str | None, pattern: re.Pattern[str], expected: str) -> str | None:
+    """The value when the pattern is found in it (None passes), else what was expected."""
+    if value is not None and not pattern.search(value):
+        raise ValueError(f"expected {expected}; got {value!r}")
+    return value
+
+
 class Model(BaseModel):
     """Base for every YAML-facing model: unknown keys are errors, types are strict.
 
@@ -974,16 +981,12 @@ class MountCachedConfig(Model):
     @field_validator("buffer_size", "vfs_cache_max_size", "vfs_read_ahead", "vfs_read_chunk_size")
     @classmethod
     def _size(cls, v: str | None) -> str | None:
-        if v is not None and not _RCLONE_SIZE.search(v):
-            raise ValueError(f"expected a size like 16M or 10G; got {v!r}")
-        return v
+        return _matching(v, _RCLONE_SIZE, "a size like 16M or 10G")
 
     @field_validator("vfs_cache_max_age", "vfs_write_back")
     @classmethod
     def _duration(cls, v: str | None) -> str | None:
-        if v is not None and not _RCLONE_DURATION.search(v):
-            raise ValueError(f"expected a duration like 5s, 1h or 1h30m; got {v!r}")
-        return v
+        return _matching(v, _RCLONE_DURATION, "a duration like 5s, 1h or 1h30m")
 
 
 class MountConfig(Model):
@@ -1383,9 +1386,7 @@ class GcpOverrides(Model):
     @field_validator("vpc_name")
     @classmethod
     def _vpc(cls, v: str | None) -> str | None:
-        if v is not None and not _GCP_VPC.search(v):
-            raise ValueError(f"expected a VPC name like my-vpc or project/my-vpc; got {v!r}")
-        return v
+        return _matching(v, _GCP_VPC, "a VPC name like my-vpc or project/my-vpc")
 
 
 class AzureOverrides(Model):
@@ -1573,9 +1574,7 @@ class VolumeMount(Model):
     @field_validator("sub_path")
     @classmethod
     def _sub_path(cls, v: str | None) -> str | None:
-        if v is not None and not _SUB_PATH.search(v):
-            raise ValueError(f"expected a relative path of letters, digits, . _ - /; got {v!r}")
-        return v
+        return _matching(v, _SUB_PATH, "a relative path of letters, digits, . _ - /")
 
 
 class ManagedSecretMount(Model):

@@ -28,6 +28,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 SSHD = "/usr/sbin/sshd"
 # The user SSH test hosts log in as when the tests run as root; its home stays empty.
 TEST_USER = "skyloom-test"
@@ -106,6 +108,13 @@ def sshd_missing_reason() -> str | None:
     if shutil.which("ssh-keygen") is None:
         return "ssh-keygen not found (openssh-client)"
     return None
+
+
+# Marks tests (or, as pytestmark, modules) that need real sshd hosts; CI makes them run
+# (SKYLOOM_REQUIRE_SSHD=1 in tests/conftest.py turns a missing sshd into an error).
+needs_sshd = pytest.mark.skipif(
+    sshd_missing_reason() is not None, reason=str(sshd_missing_reason())
+)
 
 
 def netns_missing_reason() -> str | None:

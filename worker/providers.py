@@ -15,7 +15,9 @@ from typing import Any
 import yaml
 from skyloom.activities import catalog
 from skyloom.activities.cluster import Providers
+from skyloom.activities.providers.aws import AWSAPI
 from skyloom.activities.providers.base import Provider
+from skyloom.activities.providers.cloud import CloudProvider
 from skyloom.activities.providers.local import LocalProvider
 from skyloom.activities.providers.ssh import SSHProvider
 
@@ -45,8 +47,6 @@ def build_providers(home: Path) -> Providers:
     }
     shipped = catalog.load(home / "catalog")
     for cloud, api in _cloud_apis(config, shipped).items():
-        from skyloom.activities.providers.cloud import CloudProvider
-
         section = config.get(cloud) or {}
         providers[cloud] = CloudProvider(
             api,
@@ -73,8 +73,6 @@ def _cloud_apis(config: dict[str, Any], shipped: catalog.Catalog) -> dict[str, A
     """The clouds this worker can use: SDK installed and credentials found."""
     apis: dict[str, Any] = {}
     aws = config.get("aws") or {}
-    from skyloom.activities.providers.aws import AWSAPI
-
     if not _aws_credentials():
         return apis
     apis["aws"] = AWSAPI(

@@ -11,11 +11,10 @@ bench/optimizer.py).
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources as package_files
 from pathlib import Path
 from typing import Any
@@ -150,11 +149,6 @@ def load(override: Path | None = None) -> Catalog:
     return Catalog(tuple(vms), about)
 
 
-@functools.cache
-def shipped() -> Catalog:
-    return load(None)
-
-
 # ---- requirements -----------------------------------------------------------------------
 
 _AMOUNT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(\+?)\s*$")
@@ -271,16 +265,15 @@ def _gcp_hosted(vms: Iterable[VM], need: Need) -> list[tuple[float, VM, VM | Non
         v
         for v in vms
         if v.cloud == "gcp" and not v.instance_type and v.accelerator is not None
-        and _fits(v, _no_size(need))
+        and _fits(v, replace(need, instance_type=None, cpus=None, memory=None))
     ]  # fmt: skip
     if not gpus:
         return []
     special = (need.accelerator or "").lower() in GCP_GPU_FAMILIES
     cpus = need.cpus or (None if special else Bound(max(4.0, 4.0 * need.accelerator_count), True))
-    host_need = Need(
-        cloud="gcp", region=need.region, zone=need.zone, instance_type=None, accelerator=None,
-        accelerator_count=0, cpus=cpus, memory=need.memory, spot=need.spot,
-    )  # fmt: skip
+    host_need = replace(
+        need, cloud="gcp", instance_type=None, accelerator=None, accelerator_count=0, cpus=cpus
+    )
     hosts: dict[str | None, VM] = {}
     name, count = need.accelerator or "", need.accelerator_count
     for v in vms:
@@ -302,14 +295,6 @@ def _gcp_hosted(vms: Iterable[VM], need: Need) -> list[tuple[float, VM, VM | Non
         if host is not None:
             out.append((_price(g, need.spot) + _price(host, need.spot), host, g))
     return out
-
-
-def _no_size(need: Need) -> Need:
-    return Need(
-        cloud=need.cloud, region=need.region, zone=need.zone, instance_type=None,
-        accelerator=need.accelerator, accelerator_count=need.accelerator_count,
-        cpus=None, memory=None, spot=need.spot,
-    )  # fmt: skip
 
 
 def offers(
@@ -348,51 +333,3 @@ def _offer(price: float, vm: VM, gpu: VM | None, need: Need, num_nodes: int) -> 
         spot=need.spot,
         price_per_hour=round(price * num_nodes, 6),
     )
-
-
-# ---- show-gpus ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GpuRow:
-    accelerator: str
-    count: float
-    cloud: str
-    region: str
-    instance_type: str
-    vcpus: float
-    memory_gb: float
-    price: float | None
-    spot_price: float | None
-
-
-def gpu_rows(
-    catalog: Catalog, name: str | None = None, count: float | None = None,
-    cloud: str | None = None, region: str | None = None,
-) -> list[GpuRow]:  # fmt: skip
-    """Per accelerator, count, cloud and instance type: the cheapest region's prices (or
-    `region`'s), GPU names and counts matched as `sky show-gpus` does."""
-    best: dict[tuple[str, float, str, str], GpuRow] = {}
-    for v in catalog.vms:
-        if v.accelerator is None or (cloud and v.cloud != cloud) or (region and v.region != region):
-            continue
-        if name is not None and v.accelerator.lower() != name.lower():
-            continue
-        if count is not None and abs(v.accelerator_count - count) > 1e-6:
-            continue
-        itype = v.instance_type or "(attached to an N1 host)"
-        key = (v.accelerator, v.accelerator_count, v.cloud, itype)
-        have = best.get(key)
-        if have is None or _sort_price(v.price) < _sort_price(have.price):
-            best[key] = GpuRow(
-                v.accelerator, v.accelerator_count, v.cloud, v.region, itype,
-                v.vcpus, v.memory_gb, v.price, v.spot_price,
-            )  # fmt: skip
-    return sorted(
-        best.values(),
-        key=lambda r: (r.accelerator.lower(), r.count, _sort_price(r.price), r.cloud),
-    )
-
-
-def _sort_price(p: float | None) -> float:
-    return p if p is not None else float("inf")

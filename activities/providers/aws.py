@@ -55,6 +55,11 @@ _VOLUME: dict[str, dict[str, Any]] = {  # SkyPilot's disk tiers
 }
 
 
+def _code(e: Exception) -> str:
+    """The EC2 error code of a boto3 failure ("" for anything else)."""
+    return str(getattr(e, "response", {}).get("Error", {}).get("Code", ""))
+
+
 def digest(text: str, n: int = 12) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:n]
 
@@ -94,7 +99,7 @@ class AWSAPI(CloudAPI):
 
     def _error(self, e: Exception, where: Where) -> Exception:
         """A boto3 failure as the workflow must see it (branching on the error code)."""
-        code = getattr(e, "response", {}).get("Error", {}).get("Code", "")
+        code = _code(e)
         message = getattr(e, "response", {}).get("Error", {}).get("Message", "") or str(e)
         text = f"{code}: {message}" if code else message
         if code in _CAPACITY:
@@ -266,9 +271,7 @@ class AWSAPI(CloudAPI):
             try:
                 ec2.import_key_pair(KeyName=name, PublicKeyMaterial=public_key.encode())
             except Exception as e:
-                if getattr(e, "response", {}).get("Error", {}).get("Code") != (
-                    "InvalidKeyPair.Duplicate"
-                ):
+                if _code(e) != "InvalidKeyPair.Duplicate":  # made meanwhile by another call
                     raise
         return name
 
@@ -351,11 +354,9 @@ class AWSAPI(CloudAPI):
         ec2 = self.ec2(region)
         where = Where(infra="aws", region=region)
         try:
-            live = [
-                i.id for i in self.list_instances(region, owner) if i.state is not NodeState.GONE
-            ]
-            if live:
-                ec2.terminate_instances(InstanceIds=live)
+            ids = [i.id for i in self.list_instances(region, owner)]
+            if ids:
+                ec2.terminate_instances(InstanceIds=ids)
             groups = ec2.describe_security_groups(
                 Filters=[{"Name": f"tag:{OWNER_TAG}", "Values": [owner]}]
             )["SecurityGroups"]
@@ -363,10 +364,9 @@ class AWSAPI(CloudAPI):
                 try:
                     ec2.delete_security_group(GroupId=g["GroupId"])
                 except Exception as e:
-                    code = getattr(e, "response", {}).get("Error", {}).get("Code", "")
-                    if code == "InvalidGroup.NotFound":
+                    if _code(e) == "InvalidGroup.NotFound":
                         continue
-                    if code == "DependencyViolation":
+                    if _code(e) == "DependencyViolation":
                         # Instances still shutting down hold it: retried until they are gone.
                         raise provider_error(
                             ErrorKind.UNREACHABLE,

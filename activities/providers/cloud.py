@@ -37,6 +37,7 @@ from skyloom.activities.providers.cloud_api import CloudAPI, Instance, InstanceR
 from skyloom.activities.providers.ssh import NODE_DIR, Connections, SSHRunner
 from skyloom.activities.runners import Runner
 from skyloom.spec.node_pools import SSHHost
+from temporalio import activity
 
 log = logging.getLogger("skyloom.cloud")
 
@@ -227,12 +228,8 @@ class CloudProvider(Provider):
             image = image.get(offer.region or "") or image.get(None)
         # Only GCP's N1 hosts take attached accelerators; other types carry theirs.
         attach = offer.instance_type.startswith("n1-") if offer.instance_type else False
-        try:
-            from temporalio import activity
-
-            workflow_id = activity.info().workflow_id if activity.in_activity() else None
-        except RuntimeError:
-            workflow_id = None
+        # Whom the watcher tells when a node is reclaimed: the workflow this activity is for.
+        workflow_id = activity.info().workflow_id if activity.in_activity() else None
         return InstanceRequest(
             cluster=req.cluster,
             owner=req.owner,
@@ -338,12 +335,17 @@ class CloudProvider(Provider):
             time.sleep(2)
 
     def _host(self, node: NodeInfo) -> SSHHost:
+        return self._host_at(node.ip, node.ssh_port, node.ssh_user, node.identity_file)
+
+    def _host_at(
+        self, ip: str, port: int | None = None, user: str | None = None, key: str | None = None
+    ) -> SSHHost:
         return SSHHost(
             pool=self.name,
-            ip=node.ip,
-            port=node.ssh_port,
-            user=node.ssh_user or self.ssh_user,
-            identity_file=node.identity_file or str(self.key_file),
+            ip=ip,
+            port=port or self.ssh_port,
+            user=user or self.ssh_user,
+            identity_file=key or str(self.key_file),
         )
 
     def runner(self, node: NodeInfo) -> Runner:
@@ -393,17 +395,10 @@ class CloudProvider(Provider):
                     )
                     out.append(WatchedObservation(workflow_id=inst.workflow_id, observation=obs))
                 elif inst.state is NodeState.UP and self._address(inst):
-                    hosts.append(self._host(self._node_quick(inst)))
+                    hosts.append(self._host_at(self._address(inst)))
         watches = self._watches_of()
         watches.sync(hosts)
         return out + watches.observations()
-
-    def _node_quick(self, inst: Instance) -> NodeInfo:
-        ip = self._address(inst)
-        return NodeInfo(
-            rank=inst.rank, node_id=inst.id, ip=ip, root="", ssh_user=self.ssh_user,
-            ssh_port=self.ssh_port, identity_file=str(self.key_file),
-        )  # fmt: skip
 
     def _watches_of(self) -> Any:
         if self._watches is None:

@@ -6,55 +6,19 @@ this process), never by patching skyloom.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from moto.ec2 import models as ec2_models
 from moto.ec2.exceptions import EC2ClientError
-from moto.ec2.models.instances import StateReason
-from moto.server import ThreadedMotoServer
 from skyloom.activities.errors import ErrorKind, kind_of, where_of
 from skyloom.activities.models import NodeState
 from skyloom.activities.providers.aws import AWSAPI
 from skyloom.activities.providers.cloud_api import InstanceRequest
 
-REGION = "us-east-1"
-IMAGE = "ami-785db401"  # one of moto's Ubuntu images
+from tests.fakes.moto_ec2 import IMAGE, REGION, backend, reclaim_spot
+
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ3QOQ3Ts3E+5/hsWTo7QcQ0j5PPoPk5NwwbnmZr5C0Z skyloom"
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def aws(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[AWSAPI]:
-    import boto3
-
-    monkeypatch.setenv("AWS_ENDPOINT_URL_EC2", moto_url)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    # A fresh moto account per test: nothing left over from another test.
-    boto3.client("ec2", region_name=REGION, endpoint_url=moto_url)
-    import urllib.request
-
-    urllib.request.urlopen(
-        urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST"), timeout=10
-    ).read()
-    ec2 = boto3.client("ec2", region_name=REGION)
-    # Instances get loopback addresses: one sshd can play every one of them.
-    vpc = ec2.create_vpc(CidrBlock="127.0.0.0/16")["Vpc"]["VpcId"]
-    ec2.create_tags(Resources=[vpc], Tags=[{"Key": "Name", "Value": "skyloom-test"}])
-    for i, zone in enumerate(("us-east-1a", "us-east-1b")):
-        ec2.create_subnet(VpcId=vpc, CidrBlock=f"127.0.{i + 1}.0/24", AvailabilityZone=zone)
-    yield AWSAPI([REGION], vpc_name="skyloom-test", use_internal_ips=True)
 
 
 def request(owner: str = "My.cluster-1.1a2b3c4d", **kw: Any) -> InstanceRequest:
@@ -72,10 +36,6 @@ def request(owner: str = "My.cluster-1.1a2b3c4d", **kw: Any) -> InstanceRequest:
         **kw,
     }
     return InstanceRequest(**args)
-
-
-def backend() -> Any:
-    return ec2_models.ec2_backends["123456789012"][REGION]
 
 
 def test_create_then_find_by_owner_with_loopback_addresses(aws: AWSAPI):
@@ -156,12 +116,7 @@ def test_spot_quota_is_typed(aws: AWSAPI, monkeypatch):
 def test_interrupted_spot_is_preempted_a_stopped_node_is_stopped(aws: AWSAPI):
     spot = aws.create_instances(request(owner="spot.00000001", spot=True, ranks=[0]))[0]
     plain = aws.create_instances(request(owner="plain.00000002", ranks=[0]))[0]
-    inst = backend().get_instance(spot.id)
-    inst.terminate()
-    inst.state_reason = StateReason(
-        "Server.SpotInstanceTermination: Spot instance termination",
-        "Server.SpotInstanceTermination",
-    )
+    reclaim_spot(spot.id)
     aws.stop_instances(REGION, "plain.00000002")
     assert [i.state for i in aws.list_instances(REGION, "spot.00000001")] == [NodeState.PREEMPTED]
     assert [i.state for i in aws.list_instances(REGION, "plain.00000002")] == [NodeState.STOPPED]

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from skyloom.activities import catalog as cat
 
-CATALOG = cat.shipped()
+CATALOG = cat.load()
 
 
 def test_every_cloud_ships_dated_data_with_gpus_and_cpu_families():

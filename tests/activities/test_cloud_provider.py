@@ -3,7 +3,6 @@ moto's EC2 (loopback addresses) and reached over SSH by one real sshd playing th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,12 +11,8 @@ from skyloom.activities.errors import ErrorKind, kind_of
 from skyloom.activities.models import ClusterRef, NodeState, ProvisionInput
 from skyloom.activities.providers.cloud import CloudProvider, ensure_key
 
-from tests.activities.test_aws_api import IMAGE, REGION, aws, moto_url  # noqa: F401
-from tests.sshd import SSHHosts, sshd_missing_reason
-
-needs_sshd = pytest.mark.skipif(
-    sshd_missing_reason() is not None, reason=str(sshd_missing_reason())
-)
+from tests.fakes.moto_ec2 import IMAGE, REGION, reclaim_spot
+from tests.sshd import SSHHosts, needs_sshd
 
 # us-east-1a and -1b as moto names them (zone ids are what the catalog holds).
 CATALOG_CSV = (
@@ -34,16 +29,7 @@ CATALOG_CSV = (
 )
 
 
-@pytest.fixture
-def hosts(tmp_path: Path) -> Iterator[SSHHosts]:
-    hs = SSHHosts(tmp_path / "sshd")
-    try:
-        yield hs
-    finally:
-        hs.close()
-
-
-def provider(aws, home: Path, port: int, user: str) -> CloudProvider:  # noqa: F811
+def provider(aws, home: Path, port: int, user: str) -> CloudProvider:
     rows, about = cat.parse("aws", CATALOG_CSV, "test")
     return CloudProvider(
         aws, home, ssh_user=user, ssh_port=port, use_internal_ips=True,
@@ -51,7 +37,7 @@ def provider(aws, home: Path, port: int, user: str) -> CloudProvider:  # noqa: F
     )  # fmt: skip
 
 
-def test_offers_name_zones_as_the_account_does_cheapest_first(aws, tmp_path: Path):  # noqa: F811
+def test_offers_name_zones_as_the_account_does_cheapest_first(aws, tmp_path: Path):
     p = provider(aws, tmp_path, 22, "ubuntu")
     on_demand = p.offers("aws", {}, 2)
     # Same price: the catalog's zone id breaks the tie (use1-az1 is us-east-1b here).
@@ -69,7 +55,7 @@ def test_offers_name_zones_as_the_account_does_cheapest_first(aws, tmp_path: Pat
 
 
 @needs_sshd
-def test_launch_run_and_down_on_moto_over_ssh(aws, hosts: SSHHosts, tmp_path: Path):  # noqa: F811
+def test_launch_run_and_down_on_moto_over_ssh(aws, hosts: SSHHosts, tmp_path: Path):
     sshd = hosts.add_every_loopback()
     home = tmp_path / "home"
     p = provider(aws, home, sshd.port, hosts.user)
@@ -99,11 +85,7 @@ def test_launch_run_and_down_on_moto_over_ssh(aws, hosts: SSHHosts, tmp_path: Pa
     p.close()
 
 
-def test_sweep_reports_a_reclaimed_spot_node_to_its_workflow(aws, tmp_path: Path):  # noqa: F811
-    from moto.ec2.models.instances import StateReason
-
-    from tests.activities.test_aws_api import backend
-
+def test_sweep_reports_a_reclaimed_spot_node_to_its_workflow(aws, tmp_path: Path):
     p = provider(aws, tmp_path, 1, "ubuntu")  # no sshd: nothing to watch over SSH
     offer = p.offers("aws", {"use_spot": True}, 1)[0]
     req = ProvisionInput(
@@ -117,12 +99,7 @@ def test_sweep_reports_a_reclaimed_spot_node_to_its_workflow(aws, tmp_path: Path
         Resources=[handle.nodes[0].node_id],
         Tags=[{"Key": "skyloom-workflow", "Value": "cluster-spotty"}],
     )
-    inst = backend().get_instance(handle.nodes[0].node_id)
-    inst.terminate()
-    inst.state_reason = StateReason(
-        "Server.SpotInstanceTermination: Spot instance termination",
-        "Server.SpotInstanceTermination",
-    )
+    reclaim_spot(handle.nodes[0].node_id)
     seen = p.sweep("aws")
     assert len(seen) == 1
     obs = seen[0].observation

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import paramiko
@@ -18,18 +17,7 @@ from skyloom.activities.providers.ssh import SSHProvider, SSHRunner, gpu_name, g
 from skyloom.activities.runners import CommandResult
 from temporalio.exceptions import ApplicationError
 
-from tests.sshd import SSHHosts, sshd_missing_reason
-
-needs_sshd = pytest.mark.skipif(
-    sshd_missing_reason() is not None, reason=str(sshd_missing_reason())
-)
-
-
-@pytest.fixture
-def hosts(tmp_path: Path) -> Iterator[SSHHosts]:
-    hs = SSHHosts(tmp_path / "sshd")
-    yield hs
-    hs.close()
+from tests.sshd import SSHHosts, needs_sshd
 
 
 def provider(tmp_path: Path, pool: dict) -> SSHProvider:

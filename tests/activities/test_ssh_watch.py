@@ -25,18 +25,9 @@ from skyloom.activities.providers.ssh_watch import LOOP_NAME, HostWatches
 from skyloom.activities.runners import write_env_file
 from skyloom.spec.node_pools import SSHHost
 
-from tests.sshd import Host, SSHHosts, sshd_missing_reason
+from tests.sshd import Host, SSHHosts, needs_sshd
 
-pytestmark = pytest.mark.skipif(
-    sshd_missing_reason() is not None, reason=str(sshd_missing_reason())
-)
-
-
-@pytest.fixture
-def hosts(tmp_path: Path) -> Iterator[SSHHosts]:
-    hs = SSHHosts(tmp_path / "sshd")
-    yield hs
-    hs.close()
+pytestmark = needs_sshd
 
 
 def until(pred: Callable[[], Any], timeout: float, what: str) -> Any:

@@ -21,11 +21,11 @@ import pytest
 import yaml
 
 from tests.integration.conftest import Sky, _alive, wait_until
-from tests.sshd import SSHHosts, netns_missing_reason, sshd_missing_reason
+from tests.sshd import SSHHosts, needs_sshd, netns_missing_reason
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(sshd_missing_reason() is not None, reason=str(sshd_missing_reason())),
+    needs_sshd,
 ]
 
 NETNS = netns_missing_reason() is None
