@@ -10,7 +10,7 @@ $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "skyloom needs Python 3.11+ (set PYTHON=python3.11)")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,aws]'
+	$(BIN)/pip install -q -e '.[dev,aws,gcp,azure]'
 	@touch $@
 
 # Starts the embedded engine if it is not running, launches examples/hello.yaml on the
