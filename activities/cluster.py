@@ -21,6 +21,7 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from pathlib import Path
 from typing import TypeVar
 
+from skyloom.activities import catalog as cat
 from skyloom.activities import models as m
 from skyloom.activities.errors import (
     ErrorKind,
@@ -31,12 +32,15 @@ from skyloom.activities.errors import (
     where_of,
 )
 from skyloom.activities.models import (
+    ANY_INFRA,
     DESCRIBE,
+    Candidate,
     CandidatePlan,
     CheckInput,
     CheckReport,
     ClusterHandle,
     ClusterRef,
+    GpuReport,
     KillInput,
     LogChunk,
     LogsInput,
@@ -54,6 +58,7 @@ from skyloom.activities.models import (
     SavedLogs,
     SavedLogsInput,
     SaveLogsInput,
+    ShowGpusInput,
     SyncInput,
     job_dir,
     log_path,
@@ -136,19 +141,34 @@ def _heartbeating(fn: Callable[[], T]) -> T:
 class Providers:
     """Providers by infra name; `ssh/pool` and `aws/us-east-1` resolve by their head."""
 
-    def __init__(self, providers: Mapping[str, Provider]) -> None:
+    def __init__(
+        self,
+        providers: Mapping[str, Provider],
+        disabled: Mapping[str, str] | None = None,
+        catalog: cat.CatalogStore | None = None,
+    ) -> None:
         self._by_name = dict(providers)
+        # Infras this worker knows but cannot use, and why (no SDK, no credentials, ...).
+        self.disabled = dict(disabled or {})
+        # The clouds' instance types and prices (the shipped copy unless refreshed).
+        self.catalog = catalog or cat.CatalogStore()
 
     def get(self, infra: str) -> Provider:
+        name = base_infra(infra)
         try:
-            return self._by_name[base_infra(infra)]
+            return self._by_name[name]
         except KeyError:
+            why = f": {self.disabled[name]}" if name in self.disabled else ""
             raise provider_error(
                 ErrorKind.INVALID_SPEC,
-                f"infra {infra!r} is not enabled on this worker "
+                f"infra {infra!r} is not enabled on this worker{why} "
                 f"(enabled: {', '.join(sorted(self._by_name))})",
                 where=Where(infra=infra, field="resources.infra"),
             ) from None
+
+    def clouds(self) -> list[Provider]:
+        """The enabled providers that place by catalog offers (the clouds), by name."""
+        return [p for p in self.all() if p.priced]
 
     def names(self) -> list[str]:
         return sorted(self._by_name)
@@ -249,10 +269,13 @@ class ClusterActivities:
             cand = inp.candidates[i]
             out = CandidatePlan(candidate=i, infra=cand.infra)
             try:
-                provider = self.providers.get(cand.infra)
-                if inp.num_nodes > 1:
-                    provider.require(m.Capability.MULTI_NODE, "run more than one node")
-                out.offers = provider.offers(cand.infra, cand.resources, inp.num_nodes)
+                if base_infra(cand.infra) == ANY_INFRA:
+                    out.offers = self._any_offers(cand, inp.num_nodes)
+                else:
+                    provider = self.providers.get(cand.infra)
+                    if inp.num_nodes > 1:
+                        provider.require(m.Capability.MULTI_NODE, "run more than one node")
+                    out.offers = provider.offers(cand.infra, cand.resources, inp.num_nodes)
             except ApplicationError as e:
                 out.error_kind = str(e.type or ErrorKind.INVALID_SPEC.value)
                 out.error = e.message
@@ -261,6 +284,38 @@ class ClusterActivities:
 
         indexes = list(range(len(inp.candidates)))
         return PlanResult(candidates=_heartbeating(lambda: _in_parallel(indexes, plan)))
+
+    def _any_offers(self, cand: Candidate, num_nodes: int) -> list[m.Offer]:
+        """Offers of every enabled cloud for `*` (or `*/region[/zone]`), cheapest first;
+        with no cloud enabled, the local machine's (only for a plain `*`)."""
+        rest = cand.infra.split("/", 1)[1] if "/" in cand.infra else ""
+        clouds = self.providers.clouds()
+        if not clouds:
+            if rest:
+                raise provider_error(
+                    ErrorKind.INVALID_SPEC,
+                    f"infra {cand.infra!r}: no cloud is enabled on this worker"
+                    + "".join(f"; {n}: {why}" for n, why in self.providers.disabled.items()),
+                    where=Where(infra=cand.infra, field="resources.infra"),
+                )
+            return self.providers.get("local").offers("local", cand.resources, num_nodes)
+        found: list[m.Offer] = []
+        errors: list[ApplicationError] = []
+        for p in clouds:
+            try:
+                where = "/".join(x for x in (p.name, rest) if x)
+                found += p.offers(where, cand.resources, num_nodes)
+            except ApplicationError as e:
+                errors.append(e)
+        if not found and errors:
+            # Every cloud refused (a region none of them has, an accelerator none sells).
+            first = errors[0]
+            raise provider_error(
+                kind_of(first) or ErrorKind.INVALID_SPEC,
+                "; ".join(e.message for e in errors),
+                where=where_of(first),
+            )
+        return sorted(found, key=lambda o: o.price_per_hour)
 
     @activity.defn(name=m.PROVISION.name)
     def provision(self, inp: ProvisionInput) -> ClusterHandle:
@@ -489,7 +544,62 @@ class ClusterActivities:
     def check_infra(self, inp: CheckInput) -> CheckReport:
         """Whether each infra can be used from this worker (SSH: every host probed)."""
         results = _heartbeating(lambda: [r for p in self.providers.all() for r in _safe_check(p)])
+        results += [
+            m.CheckResult(infra=name, enabled=False, reason=why)
+            for name, why in sorted(self.providers.disabled.items())
+        ]
         return CheckReport(worker=f"{socket.gethostname()} (pid {os.getpid()})", results=results)
+
+    @activity.defn(name=m.SHOW_GPUS.name)
+    def show_gpus(self, inp: ShowGpusInput) -> GpuReport:
+        """Which GPUs each cloud sells, where and for how much, from this worker's catalog."""
+        cloud, region = None, None
+        if inp.infra:
+            parts = [p.strip() for p in inp.infra.strip("/").split("/")]
+            cloud = parts[0].lower()
+            region = parts[1] if len(parts) > 1 and parts[1] != "*" else None
+            if cloud not in cat.CLOUDS or len(parts) > 2:
+                raise provider_error(
+                    ErrorKind.INVALID_SPEC,
+                    f"--infra {inp.infra!r}: expected CLOUD[/REGION] with CLOUD one of "
+                    f"{', '.join(cat.CLOUDS)}",
+                    where=Where(field="infra"),
+                )
+        catalog = self.providers.catalog.get()
+        if region is not None and region not in catalog.regions(cloud or ""):
+            raise provider_error(
+                ErrorKind.INVALID_SPEC,
+                f"--infra {inp.infra!r}: {cloud} has no region {region!r} in the catalog",
+                where=Where(field="infra"),
+            )
+        enabled = [p.name for p in self.providers.clouds()]
+        rows = cat.gpu_rows(
+            catalog,
+            name=inp.name,
+            count=inp.count,
+            cloud=cloud,
+            region=region,
+            all_regions=inp.all_regions,
+        )
+        return GpuReport(
+            rows=[
+                m.GpuOffer(
+                    accelerator=r.accelerator,
+                    count=r.count,
+                    infra=f"{r.cloud}/{r.region}",
+                    instance_type=r.instance_type,
+                    vcpus=r.vcpus if r.instance_type else None,
+                    memory_gb=r.memory_gb if r.instance_type else None,
+                    price_per_hour=r.price,
+                    spot_price_per_hour=r.spot_price,
+                    enabled=r.cloud in enabled,
+                )
+                for r in rows
+            ],
+            known=cat.accelerator_names(catalog),
+            enabled=enabled,
+            about=catalog.about,
+        )
 
     @activity.defn(name=m.PREEMPT_CLUSTER.name)
     def preempt_cluster(self, inp: PreemptInput) -> None:
@@ -513,6 +623,7 @@ class ClusterActivities:
             self.saved_logs,
             self.check_infra,
             self.preempt_cluster,
+            self.show_gpus,
         ]
 
 

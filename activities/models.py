@@ -108,6 +108,11 @@ class ClusterHandle(BaseModel):
         return capability in self.capabilities
 
 
+# A candidate with no infra (or `*`, `*/region`): the cheapest enabled cloud, or the
+# local machine on a worker with no cloud enabled.
+ANY_INFRA = "*"
+
+
 class Candidate(BaseModel):
     """One place the task may run: an entry of any_of/ordered, or the resources."""
 
@@ -370,6 +375,40 @@ class CheckReport(BaseModel):
     results: list[CheckResult]
 
 
+class ShowGpusInput(BaseModel):
+    """`show-gpus [NAME[:COUNT]] [--infra CLOUD[/REGION]] [--all-regions]`."""
+
+    name: str | None = None
+    count: float | None = None
+    infra: str | None = None
+    all_regions: bool = False
+
+
+class GpuOffer(BaseModel):
+    """`count` of `accelerator` on `instance_type` (None: a GCP GPU that attaches to an
+    N1 host, priced alone) at `infra` (cloud/region), per hour."""
+
+    accelerator: str
+    count: float
+    infra: str
+    instance_type: str | None
+    vcpus: float | None
+    memory_gb: float | None
+    price_per_hour: float | None
+    spot_price_per_hour: float | None
+    # Whether the worker that answered can launch on this cloud.
+    enabled: bool
+
+
+class GpuReport(BaseModel):
+    rows: list[GpuOffer]
+    # Every accelerator the catalog knows (for "did you mean").
+    known: list[str]
+    enabled: list[str]
+    # Per cloud: the catalog's source and date (its `#` lines).
+    about: dict[str, list[str]]
+
+
 class PreemptInput(BaseModel):
     cluster: str
     infra: str = "local"
@@ -410,3 +449,4 @@ READ_LOGS: Activity[LogsInput, LogChunk] = Activity("read_logs", LogChunk)
 SAVED_LOGS: Activity[SavedLogsInput, SavedLogs] = Activity("saved_logs", SavedLogs)
 CHECK_INFRA: Activity[CheckInput, CheckReport] = Activity("check_infra", CheckReport)
 PREEMPT_CLUSTER: Activity[PreemptInput, None] = Activity("preempt_cluster")
+SHOW_GPUS: Activity[ShowGpusInput, GpuReport] = Activity("show_gpus", GpuReport)

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import click
-from skyloom.activities.models import Candidate, CheckReport, PlanInput, PlanResult
+from skyloom.activities.models import ANY_INFRA, Candidate, CheckReport, PlanInput, PlanResult
 from skyloom.cli import render
 from skyloom.cli.main import EXIT_FAILED, BadInput, _echo_json, run_with_client
 from skyloom.client.api import SkyloomClient, WorkerSession, job_spec_from_task
 from skyloom.spec.loader import SpecError, load_task_file, parse_task
-from skyloom.spec.models import Task
+from skyloom.spec.models import ResourcesBase, Task
 from skyloom.workflows.models import AutostopConfig, ClusterStatus, JobStatus, cluster_workflow_id
 
 
@@ -126,8 +126,7 @@ def candidates_of(task: Task) -> tuple[list[Candidate], bool]:
     whether they are to be tried in the given order."""
     out = []
     for cand in task.resources.candidates():
-        cloud, region, zone = cand.placement()
-        where = cand.infra or "/".join(x for x in (cloud, region, zone) if x) or "local"
+        where = infra_of(cand)
         # SkyPilot's internal fields (`_docker_login_config` holds a registry password)
         # never travel: workflow inputs and memos are shown in the web UI.
         internal = {
@@ -138,6 +137,18 @@ def candidates_of(task: Task) -> tuple[list[Candidate], bool]:
         resources = cand.model_dump(mode="json", exclude_none=True, exclude=internal)
         out.append(Candidate(infra=where, resources=resources))
     return out, task.resources.ordered is not None
+
+
+def infra_of(cand: ResourcesBase) -> str:
+    """The candidate's infra string: `infra` as given, else the legacy cloud/region/zone
+    with `*` for what is left open; nothing at all is `*` (the cheapest enabled cloud)."""
+    if cand.infra:
+        return cand.infra.strip()
+    cloud, region, zone = cand.placement()
+    parts = [cloud or ANY_INFRA, region or ANY_INFRA, zone or ANY_INFRA]
+    while len(parts) > 1 and parts[-1] == ANY_INFRA:
+        parts.pop()
+    return "/".join(parts)
 
 
 def check_name(name: str, flag: str) -> str:
@@ -217,8 +228,12 @@ def launch(
     idle: int | None,
     down: bool,
     given: set[str] | None = None,
+    as_json: bool = False,
 ) -> None:
     from skyloom.spec.capabilities import gaps
+
+    if as_json and not dryrun:
+        raise BadInput("-o json: only with --dryrun (a launch streams its job's output)")
 
     found = gaps(task)
     blocking = [g for g in found if g.blocking]
@@ -253,7 +268,11 @@ def launch(
             )
             for note in check_plan(plan, given or set()):
                 click.echo(f"Note: {note}", err=True)
-        click.echo(render.plan(name, task, autostop, plan, ordered, existing))
+        if as_json:
+            rows = [] if plan is None else render.plan_rows(plan, ordered, task.num_nodes)
+            _echo_json({"cluster": name, "plan": rows})
+            return 0
+        render.plan(name, task, autostop, plan, ordered, existing)
         if dryrun:
             click.echo("Dry run: nothing started.")
             return 0

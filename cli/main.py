@@ -79,6 +79,12 @@ def _pairs(values: tuple[str, ...], flag: str, from_env: bool = False) -> dict[s
     return out
 
 
+INFRA_HELP = (
+    "Where to run: aws, gcp or azure [/region[/zone]], ssh/<pool>, local "
+    "(default: the cheapest enabled cloud, else local)."
+)
+
+
 def _output_option(f: Callable) -> Callable:
     return click.option(
         "-o",
@@ -109,8 +115,9 @@ def cli() -> None:
     "-d", "--detach-run", "detach", is_flag=True, help="Return once the job is submitted."
 )
 @click.option("--dryrun", is_flag=True, help="Validate and show the plan; start nothing.")
+@_output_option
 @click.option("-y", "--yes", is_flag=True, help="Skip confirmations.")
-@click.option("--infra", help="Where to run: local (default), ssh/<pool>, aws[/region], ...")
+@click.option("--infra", help=INFRA_HELP)
 @click.option("--gpus", help="Accelerators per node, e.g. A100:8.")
 @click.option("--cpus", help="vCPUs per node, e.g. 4 or 4+.")
 @click.option("--memory", help="Memory per node in GB, e.g. 32 or 32+.")
@@ -134,6 +141,7 @@ def launch(
     cluster: str | None,
     detach: bool,
     dryrun: bool,
+    output: str,
     yes: bool,
     infra: str | None,
     gpus: str | None,
@@ -178,6 +186,7 @@ def launch(
         idle=idle,
         down=down,
         given=commands.given_fields(overrides),
+        as_json=output == "json",
     )
 
 
@@ -350,6 +359,18 @@ def check(output: str) -> None:
     commands.check(as_json=output == "json")
 
 
+@cli.command("show-gpus")
+@click.argument("gpu", metavar="[NAME[:COUNT]]", required=False)
+@click.option("--infra", help="Only this cloud (and region): aws, gcp/us-central1, ...")
+@click.option("--all-regions", is_flag=True, help="Every region, not only the cheapest.")
+@_output_option
+def show_gpus(gpu: str | None, infra: str | None, all_regions: bool, output: str) -> None:
+    """Which GPUs each cloud offers: counts, instance types, on-demand and spot $/hour."""
+    from skyloom.cli import catalog
+
+    catalog.show_gpus(gpu, infra, all_regions, as_json=output == "json")
+
+
 # ---- managed jobs -----------------------------------------------------------------------------
 
 
@@ -364,7 +385,7 @@ def jobs() -> None:
 @click.option("-n", "--name", help="Job name (default: the task's or pipeline's name).")
 @click.option("-d", "--detach-run", "detach", is_flag=True, help="Return once submitted.")
 @click.option("-y", "--yes", is_flag=True, help="Skip confirmation.")
-@click.option("--infra", help="Where to run: local (default), ssh/<pool>, aws[/region], ...")
+@click.option("--infra", help=INFRA_HELP)
 @click.option("--gpus", help="Accelerators per node, e.g. A100:8.")
 @click.option("--num-nodes", type=click.IntRange(min=1), help="Number of nodes.")
 @click.option("--use-spot/--no-use-spot", default=None, help="Use spot instances.")

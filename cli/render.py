@@ -41,9 +41,9 @@ def plan(
     result: PlanResult | None,
     ordered: bool,
     existing: ClusterDescription | None = None,
-) -> str:
-    """What the launch will do: the cluster, and the placements in the order they will be
-    tried (the first that has capacity wins)."""
+) -> None:
+    """What the launch will do: the cluster, and the optimizer's placements in the order
+    they will be tried (the first that has capacity wins), as SkyPilot shows them."""
     r = task.resources
     parts = [f"{task.num_nodes} node{'s' if task.num_nodes > 1 else ''}"]
     if r.cpus is not None:
@@ -58,20 +58,59 @@ def plan(
         stop = f"; autostop: {action} after {autostop.idle_minutes} idle min"
     if existing is not None and result is None:
         where = f"existing cluster on {existing.infra} ({existing.status.value})"
-        return f"Cluster {name}: {where}{stop}"
-    lines = [f"Cluster {name}: {', '.join(parts)}{stop}"]
-    if result is not None:
-        placements, _ = order_placements(result, ordered)
-        if len(placements) > 1:
-            lines.append("Placements, tried in this order until one has capacity:")
-        for i, p in enumerate(placements, 1):
-            o = p.offer
-            what = [o.instance_type or "", "spot" if o.spot else ""]
-            gpus = ",".join(f"{k}:{v:g}" for k, v in o.accelerators.items())
-            extra = " ".join(x for x in (*what, gpus) if x)
-            cost = f"${o.price_per_hour * task.num_nodes:.2f}/h"
-            lines.append(f"  {i}. {o.where}" + (f" {extra}" if extra else "") + f"  {cost}")
-    return "\n".join(lines)
+        print(f"Cluster {name}: {where}{stop}")
+        return
+    print(f"Cluster {name}: {', '.join(parts)}{stop}")
+    if result is None:
+        return
+    rows = plan_rows(result, ordered, task.num_nodes)
+    shown = rows[:MAX_PLAN_ROWS]
+    title = "Placements, tried in this order until one has capacity"
+    _table(
+        title if len(rows) > 1 else "Placement",
+        ["INFRA", "INSTANCE", "vCPUs", "Mem(GB)", "GPUS", "SPOT", "$/HOUR", "CHOSEN"],
+        [
+            [
+                row["infra"],
+                row["instance_type"] or "-",
+                _amount(row["vcpus"]),
+                _amount(row["memory_gb"]),
+                ",".join(f"{k}:{v:g}" for k, v in row["accelerators"].items()) or "-",
+                "yes" if row["spot"] else "-",
+                f"{row['price_per_hour']:.2f}",
+                "\u2714" if i == 0 else "",
+            ]
+            for i, row in enumerate(shown)
+        ],
+    )
+    if len(rows) > len(shown):
+        print(f"  ... and {len(rows) - len(shown)} more (all of them: -o json)")
+
+
+# Placements shown in the plan table (the JSON has all of them).
+MAX_PLAN_ROWS = 12
+
+
+def plan_rows(result: PlanResult, ordered: bool, num_nodes: int) -> list[dict[str, Any]]:
+    """The placements in the order they will be tried, priced for the whole cluster:
+    `launch --dryrun -o json`'s `plan`."""
+    placements, _ = order_placements(result, ordered)
+    return [
+        {
+            "infra": p.offer.where,
+            "instance_type": p.offer.instance_type,
+            "vcpus": p.offer.cpus,
+            "memory_gb": p.offer.memory_gb,
+            "accelerators": dict(p.offer.accelerators),
+            "spot": p.offer.spot,
+            "price_per_hour": round(p.offer.price_per_hour * num_nodes, 6),
+        }
+        for p in placements
+    ]
+
+
+def _amount(x: float | None) -> str:
+    return "-" if x is None else f"{x:g}"
 
 
 def managed_jobs_summary(counts: dict[str, int]) -> None:
@@ -149,5 +188,35 @@ def managed_jobs(rows: list[dict]) -> None:
                 j["infra"] or "-",
             ]
             for j in rows
+        ],
+    )
+
+
+def gpu_summary(rows: list[list[str]]) -> None:
+    if not rows:
+        print("No GPU in the catalog.")
+        return
+    _table("GPUs in the catalog (details: skyloom show-gpus NAME)", ["GPU", "QTY", "CLOUDS"], rows)
+
+
+def gpu_offers(rows: list[dict]) -> None:
+    def price(x: float | None) -> str:
+        return "-" if x is None else f"$ {x:.3f}"
+
+    _table(
+        "",
+        ["GPU", "QTY", "INFRA", "INSTANCE_TYPE", "vCPUs", "HOST_MEM", "$/HOUR", "SPOT $/HOUR"],
+        [
+            [
+                r["accelerator"],
+                f"{r['count']:g}",
+                r["infra"],
+                r["instance_type"] or "(attachable)",
+                _amount(r["vcpus"]),
+                "-" if r["memory_gb"] is None else f"{r['memory_gb']:g}GB",
+                price(r["price_per_hour"]),
+                price(r["spot_price_per_hour"]),
+            ]
+            for r in rows
         ],
     )

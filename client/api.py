@@ -19,12 +19,14 @@ from skyloom.activities.models import (
     Candidate,
     CheckInput,
     CheckReport,
+    GpuReport,
     LogChunk,
     LogsInput,
     PlanInput,
     PlanResult,
     SavedLogs,
     SavedLogsInput,
+    ShowGpusInput,
 )
 from skyloom.client.config import EngineTarget, user
 from skyloom.spec.models import Task
@@ -178,6 +180,9 @@ class WorkerSession:
         return await self._ask(
             SessionUpdate.SAVED_LOGS, SavedLogsInput(managed_job_id=managed_job_id), SavedLogs
         )
+
+    async def show_gpus(self, inp: ShowGpusInput) -> GpuReport:
+        return await self._ask(SessionUpdate.SHOW_GPUS, inp, GpuReport)
 
     async def close(self) -> None:
         if not self.started:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from skyloom.spec.models import Task
 
-SUPPORTED_INFRA = ("local", "ssh")
+SUPPORTED_INFRA = ("local", "ssh", "aws", "gcp", "azure")
 
 
 @dataclass
@@ -21,24 +21,34 @@ class Gap:
     blocking: bool
 
 
+# Honoured when placing on a cloud; a local or SSH node has its own disk, image and ports.
+_CLOUD_ONLY = ("disk_size", "disk_tier", "labels", "image_id", "ports")
 _IGNORABLE = (
-    "disk_size", "disk_tier", "network_tier", "local_disk", "labels", "image_id", "ports",
-    "max_hourly_cost", "priority", "priority_class", "ephemeral_storage",
+    "network_tier", "local_disk", "max_hourly_cost", "priority", "priority_class",
+    "ephemeral_storage",
 )  # fmt: skip
+_CLOUDS = ("aws", "gcp", "azure")
 
 
 def gaps(task: Task) -> list[Gap]:
     """Fields skyloom cannot honour yet, whatever the infra (what each infra can do, the
     workers' providers say when they plan the launch)."""
     out: list[Gap] = []
+
+    def note(gap: Gap) -> None:
+        if gap not in out:
+            out.append(gap)
+
     for r in task.resources.candidates():
         if r.volumes:
-            out.append(Gap("resources.volumes", "extra disks are not supported yet", True))
+            note(Gap("resources.volumes", "extra disks are not supported yet", True))
+        cloud = r.placement()[0]
+        for name in _CLOUD_ONLY:
+            if getattr(r, name) is not None and cloud is not None and cloud not in _CLOUDS:
+                note(Gap(f"resources.{name}", f"used on clouds only; ignored on {cloud}", False))
         for name in _IGNORABLE:
             if getattr(r, name) is not None:
-                gap = Gap(f"resources.{name}", "not used by the local and ssh infras yet", False)
-                if gap not in out:
-                    out.append(gap)
+                note(Gap(f"resources.{name}", "not used yet", False))
     if task.workdir is not None and not isinstance(task.workdir, str):
         out.append(Gap("workdir", "a git workdir is not supported yet", True))
     for target, src in task.file_mounts.items():

@@ -127,16 +127,19 @@ class Launcher:
         for idx in order if order is not None else range(len(placements)):
             placement = placements[idx]
             cand = self.candidates[placement.candidate]
-            ref = ClusterRef(cluster=self.cluster, infra=cand.infra, owner=self.owner)
-            self.on_try(ref)
             offer = placement.offer
+            # The offer's place, as precise as it is (`aws/us-east-1/us-east-1a`, `local`
+            # for a `*` candidate): cleanup then needs no search across regions.
+            infra = offer.where or cand.infra
+            ref = ClusterRef(cluster=self.cluster, infra=infra, owner=self.owner)
+            self.on_try(ref)
             try:
                 handle = await self.step(
                     calls.PROVISION.run(
                         m.PROVISION,
                         ProvisionInput(
                             cluster=self.cluster,
-                            infra=cand.infra,
+                            infra=infra,
                             num_nodes=self.num_nodes,
                             owner=self.owner,
                             resources=cand.resources,
@@ -163,7 +166,7 @@ class Launcher:
                 why += f" (and its cleanup failed, nodes may be left: {message_of(e)})"
             self._record(
                 LaunchAttempt(
-                    infra=cand.infra,
+                    infra=offer.infra or cand.infra,
                     region=offer.region,
                     zone=offer.zone,
                     instance_type=offer.instance_type,

@@ -297,7 +297,9 @@ class ManagedJobWorkflow:
             )
             try:
                 placements = await launcher.plan()
-                order = launch_order(placements, self._index_of(placements), self.s.move_on)
+                order = launch_order(
+                    [p.offer.where for p in placements], self._last_where(), self.s.move_on
+                )
                 handle, i = await launcher.provision(placements, order)
             except LaunchFailed as e:
                 self.view.launch_attempts = e.attempts
@@ -336,14 +338,11 @@ class ManagedJobWorkflow:
     def _where(p: Placement) -> str:
         return f"{p.candidate}:{p.offer.where}"
 
-    def _index_of(self, placements: list[Placement]) -> int | None:
-        """Where the last attempt ran, in this plan's order (None: first launch)."""
-        if self.s.last_placement is None:
+    def _last_where(self) -> str | None:
+        """Where the last attempt ran (`cloud/region/zone`; None: first launch)."""
+        if self.s.last_placement is None or self.s.last_where is None:
             return None
-        wheres = [self._where(p) for p in placements]
-        if self.s.last_where in wheres:
-            return wheres.index(self.s.last_where)
-        return None
+        return self.s.last_where.split(":", 1)[-1]
 
     async def _phase(
         self, cur: CurrentAttempt, task: ManagedTask, phase: Phase, command: str

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 from skyloom.activities.models import (
+    ANY_INFRA,
     DESCRIBE,
     Candidate,
     Capability,
@@ -56,6 +57,7 @@ class SessionUpdate(StrEnum):
     PREEMPT = "preempt"
     READ_LOGS = "read_logs"
     SAVED_LOGS = "saved_logs"
+    SHOW_GPUS = "show_gpus"
 
 
 DESCRIBE_QUERY = DESCRIBE
@@ -182,8 +184,9 @@ class AutostopConfig(BaseModel):
 
 class ClusterInput(BaseModel):
     name: str
-    # Where to run when `candidates` is empty (the shape a foreign client sends).
-    infra: str = "local"
+    # Where to run when `candidates` is empty (the shape a foreign client sends); `*`:
+    # the cheapest cloud enabled on the workers, or the local machine when none is.
+    infra: str = ANY_INFRA
     num_nodes: int = 1
     resources: dict[str, Any] = Field(default_factory=dict)
     # any_of / ordered: the places to try; empty means [Candidate(infra, resources)].

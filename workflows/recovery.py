@@ -7,8 +7,8 @@ when an attempt ends and `launch_order` where to launch next.
 - A user-code failure whose exit code is in `recover_on_exit_codes` is recovered too,
   without counting; any other failure restarts while `max_restarts_on_errors` allows.
 - A setup failure ends the job (FAILED_SETUP); so does finding no resources anywhere.
-- EAGER_NEXT_REGION (the default) moves to the next candidate after a preemption;
-  FAILOVER tries the same place again first.
+- EAGER_NEXT_REGION (the default) moves to another region after a preemption;
+  FAILOVER tries the same place again first, then its region, then the others.
 """
 
 from __future__ import annotations
@@ -16,11 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TypeVar
 
 from pydantic import BaseModel, Field
-
-T = TypeVar("T")
 
 
 class Strategy(StrEnum):
@@ -92,10 +89,24 @@ def decide(
     return Decision(Action.FINISH, "FAILED", why=f"user code failed (exit code {code})")
 
 
-def launch_order(candidates: Sequence[T], last: int | None, move_on: bool) -> list[int]:
-    """Indexes of candidates in the order to try; `last` is where the job last ran."""
-    n = len(candidates)
+def launch_order(wheres: Sequence[str], last: str | None, move_on: bool) -> list[int]:
+    """Indexes of the plan's placements (each `cloud/region/zone`, cheapest first) in
+    the order to try, after the job last ran at `last` (None: a first launch).
+
+    As SkyPilot's strategies: EAGER_NEXT_REGION (`move_on`) tries every placement outside
+    the last region first, then the region's other zones, the last place itself last;
+    FAILOVER the last place itself, then the rest of its region, then the others. An SSH
+    pool or the local machine is a region of its own."""
+    n = len(wheres)
     if last is None or n == 0:
         return list(range(n))
-    start = (last + 1) % n if move_on else last
-    return [(start + i) % n for i in range(n)]
+    region = _region(last)
+    same = [i for i, w in enumerate(wheres) if _region(w) == region]
+    others = [i for i in range(n) if i not in same]
+    exact = [i for i in same if wheres[i] == last]
+    near = [i for i in same if i not in exact]
+    return others + near + exact if move_on else exact + near + others
+
+
+def _region(where: str) -> str:
+    return "/".join(where.split("/")[:2])

@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from skyloom.activities.models import (
         CheckInput,
         CheckReport,
+        GpuReport,
         LogChunk,
         LogsInput,
         PlanInput,
@@ -28,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         PreemptInput,
         SavedLogs,
         SavedLogsInput,
+        ShowGpusInput,
     )
     from skyloom.spec.names import name_problem
     from skyloom.workflows import calls
@@ -138,3 +140,8 @@ class SessionWorkflow:
     async def saved_logs(self, inp: SavedLogsInput) -> SavedLogs:
         logs: SavedLogs = await self._call(calls.CLIENT.run(m.SAVED_LOGS, inp))
         return logs
+
+    @workflow.update(name=SessionUpdate.SHOW_GPUS)
+    async def show_gpus(self, inp: ShowGpusInput) -> GpuReport:
+        report: GpuReport = await self._call(calls.CLIENT.run(m.SHOW_GPUS, inp))
+        return report

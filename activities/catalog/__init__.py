@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from importlib import resources as package_files
@@ -26,10 +27,17 @@ COLUMNS = (
     "InstanceType", "AcceleratorName", "AcceleratorCount", "vCPUs", "MemoryGiB",
     "Price", "SpotPrice", "Region", "AvailabilityZone",
 )  # fmt: skip
-# With no cpus, memory, instance type or accelerators, SkyPilot's default node: 8 vCPUs
-# and 4 GB of memory per vCPU (m6i.2xlarge, n2-standard-8, Standard_D8s_v5).
+# A node with no instance type and no accelerators is picked as SkyPilot picks its
+# default instance type: from each cloud's current general, memory and compute families,
+# with 4 GB of memory per vCPU unless memory is given, and 8+ vCPUs unless cpus or memory
+# is (m6i.2xlarge, n2-standard-8, Standard_D8s_v5 for an empty task).
 DEFAULT_CPUS = "8+"
 DEFAULT_MEMORY_PER_CPU = 4.0
+DEFAULT_FAMILIES = {
+    "aws": re.compile(r"^(m6i|c6i|r6i)\."),
+    "gcp": re.compile(r"^n2-(standard|highmem|highcpu)-"),
+    "azure": re.compile(r"^Standard_(D\d+s_v5|E\d+s_v5|F\d+s_v2)$"),
+}
 # Placements returned per candidate: enough to fail over across every zone of the few
 # cheapest regions, few enough to keep the plan small in workflow history.
 MAX_OFFERS = 48
@@ -149,6 +157,174 @@ def load(override: Path | None = None) -> Catalog:
     return Catalog(tuple(vms), about)
 
 
+class CatalogStore:
+    """The catalog a worker uses: refreshed copies under `override` win over the shipped
+    ones, and are read again when one changes (after `skyloom catalog refresh`)."""
+
+    def __init__(self, override: Path | None = None, fixed: Catalog | None = None) -> None:
+        self.override = override
+        self._fixed = fixed
+        self._lock = threading.Lock()
+        self._stamp: tuple[float | None, ...] | None = None
+        self._catalog: Catalog | None = None
+
+    def _stamp_now(self) -> tuple[float | None, ...]:
+        out: list[float | None] = []
+        for cloud in CLOUDS:
+            try:
+                out.append(
+                    None
+                    if self.override is None
+                    else (self.override / f"{cloud}.csv").stat().st_mtime
+                )
+            except OSError:
+                out.append(None)
+        return tuple(out)
+
+    def get(self) -> Catalog:
+        if self._fixed is not None:
+            return self._fixed
+        stamp = self._stamp_now()
+        with self._lock:
+            if self._catalog is None or stamp != self._stamp:
+                self._catalog, self._stamp = load(self.override), stamp
+            return self._catalog
+
+
+# ---- what each GPU costs where (show-gpus) -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class GpuRow:
+    """One accelerator offer: `count` of `accelerator` on `instance_type` (None: a GCP
+    GPU that attaches to a host, priced alone) in `region`, at its cheapest zone."""
+
+    cloud: str
+    region: str
+    accelerator: str
+    count: float
+    instance_type: str | None
+    vcpus: float
+    memory_gb: float
+    price: float | None
+    spot_price: float | None
+
+
+def _min(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def gpu_rows(
+    catalog: Catalog,
+    *,
+    name: str | None = None,
+    count: float | None = None,
+    cloud: str | None = None,
+    region: str | None = None,
+    all_regions: bool = False,
+) -> list[GpuRow]:
+    """Which accelerators each cloud sells, how many per machine, on which instance
+    types, at what on-demand and spot price per hour: one row per region with
+    `all_regions`, else the cheapest region of each (cloud, GPU, count, instance type).
+    Sorted by GPU, count, then price."""
+    by_place: dict[tuple[str, str, float, str, str], GpuRow] = {}
+    for v in catalog.vms:
+        if v.accelerator is None or v.accelerator_count <= 0:
+            continue
+        if name is not None and v.accelerator.lower() != name.lower():
+            continue
+        if count is not None and abs(v.accelerator_count - count) > 1e-6:
+            continue
+        if (cloud is not None and v.cloud != cloud) or (region is not None and v.region != region):
+            continue
+        key = (v.cloud, v.accelerator, v.accelerator_count, v.instance_type, v.region)
+        have = by_place.get(key)
+        by_place[key] = GpuRow(
+            cloud=v.cloud,
+            region=v.region,
+            accelerator=v.accelerator,
+            count=v.accelerator_count,
+            instance_type=v.instance_type or None,
+            vcpus=v.vcpus,
+            memory_gb=v.memory_gb,
+            price=_min(have.price if have else None, v.price),
+            spot_price=_min(have.spot_price if have else None, v.spot_price),
+        )
+    memo: dict[tuple[str, float], Any] = {}
+    shown = (_with_gcp_machine(catalog, r, memo) for r in by_place.values())
+    rows = [r for r in shown if r is not None]
+    if not all_regions:
+        cheapest: dict[tuple[str, str, float, str | None], GpuRow] = {}
+        for r in rows:
+            k = (r.cloud, r.accelerator, r.count, r.instance_type)
+            if k not in cheapest or _row_price(r) < _row_price(cheapest[k]):
+                cheapest[k] = r
+        rows = list(cheapest.values())
+    return sorted(
+        rows, key=lambda r: (r.accelerator.lower(), r.count, _row_price(r), r.cloud, r.region)
+    )
+
+
+def _gcp_machines(
+    catalog: Catalog, accelerator: str, count: float
+) -> dict[tuple[str, bool], tuple[float, VM]]:
+    """Per (region, spot): the cheapest machine of the GPU's own family carrying `count`
+    of it, priced with the GPUs."""
+    need = Need(
+        cloud="gcp", region=None, zone=None, instance_type=None, accelerator=accelerator,
+        accelerator_count=count, cpus=None, memory=None, spot=False,
+    )  # fmt: skip
+    best: dict[tuple[str, bool], tuple[float, VM]] = {}
+    for spot in (False, True):
+        for price, host, _ in _gcp_hosted(catalog.vms, replace(need, spot=spot)):
+            key = (host.region, spot)
+            if key not in best or (price, host.instance_type) < (
+                best[key][0],
+                best[key][1].instance_type,
+            ):
+                best[key] = (price, host)
+    return best
+
+
+def _with_gcp_machine(
+    catalog: Catalog, row: GpuRow, memo: dict[tuple[str, float], Any]
+) -> GpuRow | None:
+    """A GCP GPU that runs only on its own machine family (A100 on a2, L4 on g2, ...)
+    shown on that machine, priced with it (None: no such machine in the region); the
+    GPUs that attach to any N1 host stay as they are ("attachable", priced alone)."""
+    if row.cloud != "gcp" or row.instance_type or row.accelerator.lower() not in GCP_GPU_FAMILIES:
+        return row
+    key = (row.accelerator, row.count)
+    if key not in memo:
+        memo[key] = _gcp_machines(catalog, row.accelerator, row.count)
+    on_demand, spot = memo[key].get((row.region, False)), memo[key].get((row.region, True))
+    if on_demand is None and spot is None:
+        return None
+    host = on_demand[1] if on_demand else spot[1] if spot else None
+    assert host is not None
+    return replace(
+        row,
+        instance_type=host.instance_type,
+        vcpus=host.vcpus,
+        memory_gb=host.memory_gb,
+        price=on_demand[0] if on_demand else None,
+        spot_price=spot[0] if spot else None,
+    )
+
+
+def _row_price(r: GpuRow) -> tuple[float, float, str]:
+    inf = float("inf")
+    return (
+        r.price if r.price is not None else inf,
+        r.spot_price if r.spot_price is not None else inf,
+        r.instance_type or "",
+    )
+
+
+def accelerator_names(catalog: Catalog) -> list[str]:
+    return sorted({v.accelerator for v in catalog.vms if v.accelerator}, key=str.lower)
+
+
 # ---- requirements -----------------------------------------------------------------------
 
 _AMOUNT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(\+?)\s*$")
@@ -189,6 +365,10 @@ class Need:
     cpus: Bound | None
     memory: Bound | None
     spot: bool
+    # A default node (no instance type, no accelerators): default families only, and
+    # at least this much memory per vCPU when memory is not given.
+    default_node: bool = False
+    memory_per_cpu: float | None = None
 
     @classmethod
     def of(cls, infra: str, resources: dict[str, Any]) -> Need:
@@ -201,9 +381,9 @@ class Need:
         cpus = bound(resources.get("cpus"), "cpus")
         memory = bound(resources.get("memory"), "memory")
         instance_type = resources.get("instance_type")
-        if cpus is None and memory is None and not acc and not instance_type:
+        default_node = not acc and not instance_type
+        if default_node and cpus is None and memory is None:
             cpus = bound(DEFAULT_CPUS, "cpus")
-            memory = Bound(8 * DEFAULT_MEMORY_PER_CPU, True)
         return cls(
             cloud=cloud,
             region=region,
@@ -214,6 +394,8 @@ class Need:
             cpus=cpus,
             memory=memory,
             spot=bool(resources.get("use_spot")),
+            default_node=default_node,
+            memory_per_cpu=DEFAULT_MEMORY_PER_CPU if default_node and memory is None else None,
         )
 
 
@@ -238,6 +420,12 @@ def _fits(vm: VM, need: Need, host: bool = False) -> bool:
         or vm.accelerator.lower() != need.accelerator.lower()
         or abs(vm.accelerator_count - need.accelerator_count) > 1e-6
     ):
+        return False
+    if need.default_node and not host:
+        family = DEFAULT_FAMILIES.get(vm.cloud)
+        if family is not None and not family.search(vm.instance_type):
+            return False
+    if need.memory_per_cpu is not None and vm.memory_gb < need.memory_per_cpu * vm.vcpus - 1e-6:
         return False
     if need.cpus is not None and not need.cpus.fits(vm.vcpus):
         return False
@@ -301,7 +489,8 @@ def offers(
     catalog: Catalog, infra: str, resources: dict[str, Any], num_nodes: int, limit: int = MAX_OFFERS
 ) -> list[Offer]:
     """Where `num_nodes` nodes meeting `resources` could run, one offer per zone (the
-    cheapest instance type there), cheapest first; price is for the whole cluster.
+    cheapest instance type there), cheapest first; priced per node (Offer's unit), so
+    `num_nodes` does not change the order (the caller prices the cluster).
     Raises ValueError naming the field for a requirement that cannot be read."""
     need = Need.of(infra, resources)
     rows: list[tuple[float, VM, VM | None]]
@@ -317,10 +506,10 @@ def offers(
         if have is None or (price, vm.instance_type) < (have[0], have[1].instance_type):
             best[key] = (price, vm, gpu)
     ranked = sorted(best.values(), key=lambda r: (r[0], r[1].cloud, r[1].region, r[1].zone or ""))
-    return [_offer(price, vm, gpu, need, num_nodes) for price, vm, gpu in ranked[:limit]]
+    return [_offer(price, vm, gpu, need) for price, vm, gpu in ranked[:limit]]
 
 
-def _offer(price: float, vm: VM, gpu: VM | None, need: Need, num_nodes: int) -> Offer:
+def _offer(price: float, vm: VM, gpu: VM | None, need: Need) -> Offer:
     acc = gpu or vm
     return Offer(
         infra=vm.cloud,
@@ -331,5 +520,5 @@ def _offer(price: float, vm: VM, gpu: VM | None, need: Need, num_nodes: int) -> 
         memory_gb=vm.memory_gb,
         accelerators={acc.accelerator: acc.accelerator_count} if acc.accelerator else {},
         spot=need.spot,
-        price_per_hour=round(price * num_nodes, 6),
+        price_per_hour=round(price, 6),
     )

@@ -46,6 +46,9 @@ class Provider(ABC):
     capabilities: frozenset[Capability] = frozenset()
     # Least seconds between two sweeps of a watch key (the worker's own pace if higher).
     watch_interval: float = 0.0
+    # Places nodes by priced catalog offers (a cloud): a task with no infra runs on the
+    # cheapest of these, or on the local machine when the worker has none.
+    priced: bool = False
 
     # -- the core: every provider
 

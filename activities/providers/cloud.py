@@ -86,6 +86,7 @@ class CloudProvider(Provider):
          Capability.WATCH}
     )  # fmt: skip
     watch_interval = 1.0
+    priced = True
 
     def __init__(
         self,
@@ -95,7 +96,7 @@ class CloudProvider(Provider):
         ssh_user: str,
         ssh_port: int = 22,
         use_internal_ips: bool = False,
-        catalog: cat.Catalog | None = None,
+        catalog: cat.CatalogStore | cat.Catalog | None = None,
         unreachable_grace: float = 60.0,
     ) -> None:
         self.api = api
@@ -104,7 +105,9 @@ class CloudProvider(Provider):
         self.ssh_user = ssh_user
         self.ssh_port = ssh_port
         self.use_internal_ips = use_internal_ips
-        self._catalog = catalog
+        if isinstance(catalog, cat.Catalog):
+            catalog = cat.CatalogStore(fixed=catalog)
+        self._catalog = catalog or cat.CatalogStore(home / "catalog")
         self.key_file = home / "ssh" / "skyloom-cloud-key"
         self.conns = Connections(home / "ssh" / "cloud_known_hosts", strict=False)
         self.unreachable_grace = unreachable_grace
@@ -115,9 +118,7 @@ class CloudProvider(Provider):
         self._zone_names: dict[str, dict[str, str]] = {}
 
     def catalog(self) -> cat.Catalog:
-        if self._catalog is None:
-            self._catalog = cat.load(self.home / "catalog")
-        return self._catalog
+        return self._catalog.get()
 
     # -- offers
 

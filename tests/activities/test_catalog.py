@@ -25,14 +25,26 @@ def test_every_cloud_ships_dated_data_with_gpus_and_cpu_families():
         assert (cloud, name) in gpus, f"{cloud} has no {name}"
 
 
-def test_default_node_is_eight_cpus_and_thirty_two_gb_without_gpus():
-    for cloud in cat.CLOUDS:
-        offers = cat.offers(CATALOG, cloud, {}, 1)
-        assert offers, cloud
-        best = offers[0]
-        assert best.cpus is not None and best.cpus >= 8
-        assert best.memory_gb is not None and best.memory_gb >= 32
-        assert not best.accelerators
+def test_default_node_is_skypilots_default_instance_type():
+    # As SkyPilot: 8+ vCPUs, 4 GB per vCPU, from the default families; never a GPU.
+    cheapest = {c: cat.offers(CATALOG, c, {}, 1)[0] for c in cat.CLOUDS}
+    assert {c: o.instance_type for c, o in cheapest.items()} == {
+        "aws": "m6i.2xlarge",
+        "gcp": "n2-standard-8",
+        "azure": "Standard_D8s_v5",
+    }
+    assert all(not o.accelerators for o in cheapest.values())
+    # cpus alone keeps the 4 GB per vCPU (a compute-optimized 2 GB/vCPU type does not fit).
+    azure = cat.offers(CATALOG, "azure", {"cpus": "8+"}, 1)[0]
+    assert azure.instance_type == "Standard_D8s_v5"
+    # Given memory, any family member with that much fits (r6i has 8 GB per vCPU).
+    assert cat.offers(CATALOG, "aws", {"cpus": "4+", "memory": "32+"}, 1)[0].instance_type == (
+        "r6i.xlarge"
+    )
+    # An instance type or accelerators are taken as asked, outside the default families.
+    assert cat.offers(CATALOG, "aws", {"instance_type": "t3.large"}, 1)[0].instance_type == (
+        "t3.large"
+    )
 
 
 def test_gcp_gpus_price_their_host_machine_too():
@@ -120,17 +132,22 @@ def test_every_offer_meets_every_requirement_cheapest_first(req: tuple[str, dict
             assert o.accelerators == {need.accelerator: need.accelerator_count}
         else:
             assert not o.accelerators
+        if need.default_node:
+            family = cat.DEFAULT_FAMILIES[o.infra]
+            assert o.instance_type is not None and family.search(o.instance_type)
+        if need.memory_per_cpu is not None:
+            assert (o.memory_gb or 0) >= need.memory_per_cpu * (o.cpus or 0)
         if "cpus" in res:
             assert need.cpus is not None and need.cpus.fits(o.cpus or 0)
         if "memory" in res:
             assert need.memory is not None and need.memory.fits(o.memory_gb or 0)
-        # The price is the catalog's, for every node of the cluster.
+        # The price is the catalog's, per node.
         rows = [
             v for v in CATALOG.of(o.infra)
             if v.instance_type == o.instance_type and v.region == o.region
             and (o.infra == "aws" or v.zone == o.zone)
         ]  # fmt: skip
         assert rows
-        per_node = o.price_per_hour / nodes
+        per_node = o.price_per_hour
         prices_here = [(v.spot_price if o.spot else v.price) or 0 for v in rows]
         assert per_node >= min(prices_here) - 1e-6

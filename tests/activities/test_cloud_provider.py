@@ -41,9 +41,10 @@ def test_offers_name_zones_as_the_account_does_cheapest_first(aws, tmp_path: Pat
     p = provider(aws, tmp_path, 22, "ubuntu")
     on_demand = p.offers("aws", {}, 2)
     # Same price: the catalog's zone id breaks the tie (use1-az1 is us-east-1b here).
+    # Offers are priced per node.
     assert [(o.zone, o.price_per_hour) for o in on_demand] == [
-        ("us-east-1b", 0.768),
-        ("us-east-1a", 0.768),
+        ("us-east-1b", 0.384),
+        ("us-east-1a", 0.384),
     ]
     spot = p.offers("aws/us-east-1", {"use_spot": True}, 1)
     assert [o.zone for o in spot] == ["us-east-1b", "us-east-1a"]

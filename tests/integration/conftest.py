@@ -87,10 +87,29 @@ def wait_until(pred: Callable[[], Any], timeout: float, what: str, every: float 
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+def hermetic_env(state: Path) -> dict[str, str]:
+    """This environment without an engine address or any cloud's credentials: the
+    worker finds none of the developer's (and asks no instance metadata service)."""
+    clouds = (
+        "TEMPORAL_", "AWS_", "GOOGLE_", "CLOUDSDK_", "AZURE_", "SKYLOOM_GCP_", "SKYLOOM_AZURE_",
+        "SKYLOOM_CLOUD_",
+    )  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith(clouds)}
+    nowhere = state / "no-cloud-config"
+    env.update(
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_CONFIG_FILE=str(nowhere / "aws-config"),
+        AWS_SHARED_CREDENTIALS_FILE=str(nowhere / "aws-credentials"),
+        CLOUDSDK_CONFIG=str(nowhere / "gcloud"),
+        AZURE_CONFIG_DIR=str(nowhere / "azure"),
+    )
+    return env
+
+
 @pytest.fixture(scope="session")
 def sky(skyloom_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sky]:
     state = tmp_path_factory.mktemp("skyloom-home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TEMPORAL_")}
+    env = hermetic_env(state)
     # A node unreachable for 8 s fails its job (60 s by default): the SSH tests kill hosts.
     env.update(
         SKYLOOM_HOME=str(state),

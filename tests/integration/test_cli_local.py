@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 from pathlib import Path
@@ -227,6 +228,42 @@ def test_dryrun_starts_nothing(sky: Sky, name: str):
     p = sky.run("launch", "--dryrun", "-c", name, "echo hi")
     assert p.returncode == 0
     assert name not in sky.clusters()
+
+
+def test_dryrun_plan_as_json_and_no_infra_is_local_without_clouds(sky: Sky, name: str):
+    # The test worker has no cloud credentials: no infra means the local machine.
+    plan = json.loads(sky.ok("launch", "--dryrun", "-o", "json", "-c", name, "--cpus", "1+", "x"))
+    assert plan["cluster"] == name
+    (row,) = plan["plan"]
+    assert set(row) == {
+        "infra", "instance_type", "vcpus", "memory_gb", "accelerators", "spot", "price_per_hour"
+    }  # fmt: skip
+    assert (row["infra"], row["price_per_hour"], row["spot"]) == ("local", 0.0, False)
+    p = sky.run("launch", "-o", "json", "-c", name, "echo hi")
+    assert p.returncode == 2 and "only with --dryrun" in p.stderr
+    assert name not in sky.clusters()
+
+
+def test_check_says_why_each_cloud_is_disabled(sky: Sky):
+    report = json.loads(sky.ok("check", "-o", "json"))
+    by = {r["infra"]: r for r in report["infras"]}
+    for cloud in ("aws", "gcp", "azure"):
+        assert by[cloud]["enabled"] is False and "credentials" in by[cloud]["reason"]
+    assert "aws" not in report["not_supported_yet"]
+
+
+def test_show_gpus_lists_the_catalog_through_the_worker(sky: Sky):
+    rows = json.loads(sky.ok("show-gpus", "A100:8", "--infra", "aws", "-o", "json"))
+    assert rows and all(r["accelerator"] == "A100" and r["count"] == 8 for r in rows)
+    assert {r["instance_type"] for r in rows} == {"p4d.24xlarge"}
+    assert all(r["infra"].startswith("aws/") and r["price_per_hour"] > 0 for r in rows)
+    assert all(r["enabled"] is False for r in rows)  # no credentials on the test worker
+    table = sky.ok("show-gpus")
+    assert "A100" in table and "H100" in table and "aws, azure, gcp" in table
+    p = sky.run("show-gpus", "A1OO")
+    assert p.returncode == 2 and "no such GPU" in p.stderr and "A100" in p.stderr
+    p = sky.run("show-gpus", "A100", "--infra", "lambda")
+    assert p.returncode == 2 and "--infra" in p.stderr
 
 
 def test_engine_status_and_start_revives_a_dead_worker(sky: Sky):

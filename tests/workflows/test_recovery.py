@@ -55,8 +55,15 @@ def test_setup_failure_ends_the_job():
 
 
 def test_launch_order_moves_on_or_retries_in_place():
-    cands = ["us-east-1", "us-west-2", "eu-west-1"]
-    assert launch_order(cands, None, move_on=True) == [0, 1, 2]
-    assert launch_order(cands, 1, move_on=True) == [2, 0, 1]
-    assert launch_order(cands, 1, move_on=False) == [1, 2, 0]
-    assert launch_order([], 0, move_on=True) == []
+    wheres = ["aws/us-east-1/a", "aws/us-east-1/b", "gcp/us-central1/c", "aws/us-west-2/d"]
+    assert launch_order(wheres, None, move_on=True) == [0, 1, 2, 3]
+    # EAGER_NEXT_REGION: every other region first (cheapest first), then the region's
+    # other zones, the preempted place last.
+    assert launch_order(wheres, "aws/us-east-1/b", move_on=True) == [2, 3, 0, 1]
+    assert launch_order(wheres, "aws/us-east-1/a", move_on=True) == [2, 3, 1, 0]
+    # FAILOVER: the same place, then its region, then the rest.
+    assert launch_order(wheres, "aws/us-east-1/b", move_on=False) == [1, 0, 2, 3]
+    # A pool or the local machine is a region of its own.
+    assert launch_order(["ssh/a", "ssh/b", "local"], "ssh/b", move_on=True) == [0, 2, 1]
+    assert launch_order(["ssh/a", "ssh/b"], "ssh/gone", move_on=False) == [0, 1]
+    assert launch_order([], "local", move_on=True) == []
