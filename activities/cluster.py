@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -55,6 +56,8 @@ from skyloom.activities.models import (
     PlanResult,
     PreemptInput,
     ProvisionInput,
+    RefreshCatalogInput,
+    RefreshCatalogReport,
     SavedLogs,
     SavedLogsInput,
     SaveLogsInput,
@@ -601,6 +604,50 @@ class ClusterActivities:
             about=catalog.about,
         )
 
+    @activity.defn(name=m.REFRESH_CATALOG.name)
+    def refresh_catalog(self, inp: RefreshCatalogInput) -> RefreshCatalogReport:
+        """Rebuild each asked cloud's catalog from its own APIs into the worker's
+        catalog directory (the providers read it at their next plan)."""
+        from skyloom.activities.catalog import refresh
+
+        dest = self.providers.catalog.override
+        if dest is None:
+            raise provider_error(ErrorKind.NOT_SUPPORTED, "this worker keeps no catalog copy")
+        names = inp.clouds or [p.name for p in self.providers.clouds()]
+        if not names:
+            why = "; ".join(f"{c}: {r}" for c, r in sorted(self.providers.disabled.items()))
+            raise provider_error(
+                ErrorKind.INVALID_SPEC,
+                "no cloud is enabled on this worker" + (f" ({why})" if why else ""),
+                where=Where(field="cloud"),
+            )
+        results = []
+        for name in names:
+            if name not in cat.CLOUDS:
+                raise provider_error(
+                    ErrorKind.INVALID_SPEC,
+                    f"--cloud {name!r}: expected one of {', '.join(cat.CLOUDS)}",
+                    where=Where(field="cloud"),
+                )
+            provider = self.providers.get(name)
+            api = getattr(provider, "api", None)
+            try:
+                if api is None:
+                    raise NotImplementedError(f"{name} has no catalog to refresh")
+                source = api.catalog_source()
+                done = _heartbeating(partial(refresh.refresh, name, dest, source))
+            except (refresh.RefreshError, NotImplementedError, ValueError, ImportError) as e:
+                results.append(m.CatalogRefreshed(cloud=name, error=str(e)))
+                continue
+            results.append(
+                m.CatalogRefreshed(
+                    cloud=name, rows=done.rows, regions=done.regions, path=str(done.path)
+                )
+            )
+        return RefreshCatalogReport(
+            worker=f"{socket.gethostname()} (pid {os.getpid()})", results=results
+        )
+
     @activity.defn(name=m.PREEMPT_CLUSTER.name)
     def preempt_cluster(self, inp: PreemptInput) -> None:
         provider = self.providers.get(inp.infra)
@@ -624,6 +671,7 @@ class ClusterActivities:
             self.check_infra,
             self.preempt_cluster,
             self.show_gpus,
+            self.refresh_catalog,
         ]
 
 

@@ -409,6 +409,27 @@ class GpuReport(BaseModel):
     about: dict[str, list[str]]
 
 
+class RefreshCatalogInput(BaseModel):
+    """`catalog refresh [--cloud C ...]`: none means every cloud enabled on the worker."""
+
+    clouds: list[str] = Field(default_factory=list)
+
+
+class CatalogRefreshed(BaseModel):
+    """One cloud's refresh: what was written, or why nothing was (the old copy stays)."""
+
+    cloud: str
+    rows: int = 0
+    regions: list[str] = Field(default_factory=list)
+    path: str | None = None
+    error: str | None = None
+
+
+class RefreshCatalogReport(BaseModel):
+    worker: str
+    results: list[CatalogRefreshed]
+
+
 class PreemptInput(BaseModel):
     cluster: str
     infra: str = "local"
@@ -450,3 +471,6 @@ SAVED_LOGS: Activity[SavedLogsInput, SavedLogs] = Activity("saved_logs", SavedLo
 CHECK_INFRA: Activity[CheckInput, CheckReport] = Activity("check_infra", CheckReport)
 PREEMPT_CLUSTER: Activity[PreemptInput, None] = Activity("preempt_cluster")
 SHOW_GPUS: Activity[ShowGpusInput, GpuReport] = Activity("show_gpus", GpuReport)
+REFRESH_CATALOG: Activity[RefreshCatalogInput, RefreshCatalogReport] = Activity(
+    "refresh_catalog", RefreshCatalogReport
+)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import difflib
 import re
+import sys
 
 import click
-from skyloom.activities.models import GpuOffer, GpuReport, ShowGpusInput
+from skyloom.activities.models import GpuOffer, GpuReport, RefreshCatalogReport, ShowGpusInput
 from skyloom.cli import render
-from skyloom.cli.main import BadInput, _echo_json, run_with_client
+from skyloom.cli.main import EXIT_FAILED, BadInput, _echo_json, run_with_client
 from skyloom.client.api import SkyloomClient
 
 _NAME = re.compile(r"^(?P<name>[^:]+?)(?::(?P<count>\d+(?:\.\d+)?))?$")
@@ -79,3 +80,27 @@ def _summary(rows: list[GpuOffer]) -> list[list[str]]:
         counts = sorted({c for cs in clouds.values() for c in cs})
         out.append([gpu, ", ".join(f"{c:g}" for c in counts), ", ".join(sorted(clouds))])
     return out
+
+
+def refresh(clouds: tuple[str, ...], *, as_json: bool) -> None:
+    """Ask a worker (it has the credentials) to rebuild the catalog from the clouds' APIs."""
+
+    async def go(sky: SkyloomClient) -> RefreshCatalogReport:
+        session = sky.session()
+        try:
+            return await session.refresh_catalog(list(clouds))
+        finally:
+            await session.close()
+
+    report: RefreshCatalogReport = run_with_client(go)
+    if as_json:
+        _echo_json(report.model_dump(mode="json"))
+    else:
+        click.echo(f"Refreshed by worker {report.worker}:")
+        for r in report.results:
+            if r.error:
+                click.echo(f"  {r.cloud}: failed, the previous catalog stays: {r.error}")
+            else:
+                click.echo(f"  {r.cloud}: {r.rows} rows in {len(r.regions)} region(s), {r.path}")
+    if any(r.error for r in report.results):
+        sys.exit(EXIT_FAILED)

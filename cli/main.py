@@ -371,6 +371,28 @@ def show_gpus(gpu: str | None, infra: str | None, all_regions: bool, output: str
     catalog.show_gpus(gpu, infra, all_regions, as_json=output == "json")
 
 
+@cli.group("catalog")
+def catalog_group() -> None:
+    """The clouds' instance types and prices the optimizer plans with."""
+
+
+@catalog_group.command("refresh")
+@click.option(
+    "--cloud",
+    "clouds",
+    multiple=True,
+    type=click.Choice(["aws", "gcp", "azure"], case_sensitive=False),
+    help="Only this cloud (repeatable; default: every cloud enabled on the worker).",
+)
+@_output_option
+def catalog_refresh(clouds: tuple[str, ...], output: str) -> None:
+    """Rebuild the catalog from each cloud's own APIs (run by a worker, which has the
+    credentials; a cloud that fails keeps its previous catalog)."""
+    from skyloom.cli import catalog
+
+    catalog.refresh(tuple(c.lower() for c in clouds), as_json=output == "json")
+
+
 # ---- managed jobs -----------------------------------------------------------------------------
 
 

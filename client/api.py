@@ -24,6 +24,8 @@ from skyloom.activities.models import (
     LogsInput,
     PlanInput,
     PlanResult,
+    RefreshCatalogInput,
+    RefreshCatalogReport,
     SavedLogs,
     SavedLogsInput,
     ShowGpusInput,
@@ -183,6 +185,13 @@ class WorkerSession:
 
     async def show_gpus(self, inp: ShowGpusInput) -> GpuReport:
         return await self._ask(SessionUpdate.SHOW_GPUS, inp, GpuReport)
+
+    async def refresh_catalog(self, clouds: list[str]) -> RefreshCatalogReport:
+        return await self._ask(
+            SessionUpdate.REFRESH_CATALOG,
+            RefreshCatalogInput(clouds=clouds),
+            RefreshCatalogReport,
+        )
 
     async def close(self) -> None:
         if not self.started:

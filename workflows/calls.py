@@ -73,6 +73,13 @@ WATCH = CallProfile(
     heartbeat=timedelta(seconds=10),
     retry=RetryPolicy(maximum_interval=timedelta(seconds=5)),
 )
+# Rebuilding the catalog from the clouds' APIs: minutes of paged listings per cloud; a
+# failed cloud is reported in the result (its old copy stays), so one try is retried.
+REFRESH = CallProfile(
+    start_to_close=timedelta(minutes=30),
+    heartbeat=timedelta(seconds=30),
+    retry=RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=2),
+)
 # Asked by a waiting client (read logs, check): a few tries, then the client hears why.
 CLIENT = CallProfile(
     start_to_close=timedelta(minutes=2),

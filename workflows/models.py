@@ -58,6 +58,7 @@ class SessionUpdate(StrEnum):
     READ_LOGS = "read_logs"
     SAVED_LOGS = "saved_logs"
     SHOW_GPUS = "show_gpus"
+    REFRESH_CATALOG = "refresh_catalog"
 
 
 DESCRIBE_QUERY = DESCRIBE

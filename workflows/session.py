@@ -27,6 +27,8 @@ with workflow.unsafe.imports_passed_through():
         PlanInput,
         PlanResult,
         PreemptInput,
+        RefreshCatalogInput,
+        RefreshCatalogReport,
         SavedLogs,
         SavedLogsInput,
         ShowGpusInput,
@@ -144,4 +146,9 @@ class SessionWorkflow:
     @workflow.update(name=SessionUpdate.SHOW_GPUS)
     async def show_gpus(self, inp: ShowGpusInput) -> GpuReport:
         report: GpuReport = await self._call(calls.CLIENT.run(m.SHOW_GPUS, inp))
+        return report
+
+    @workflow.update(name=SessionUpdate.REFRESH_CATALOG)
+    async def refresh_catalog(self, inp: RefreshCatalogInput) -> RefreshCatalogReport:
+        report: RefreshCatalogReport = await self._call(calls.REFRESH.run(m.REFRESH_CATALOG, inp))
         return report

@@ -82,6 +82,11 @@ class AWSAPI(CloudAPI):
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
 
+    def catalog_source(self) -> Any:
+        from skyloom.activities.catalog import refresh
+
+        return refresh.aws_source(self.regions(), session=self._session)
+
     # -- plumbing
 
     def ec2(self, region: str) -> Any:

@@ -109,6 +109,13 @@ class AzureAPI(CloudAPI):
         self._wait_seconds = wait_seconds
         self._built: _Clients | None = None
 
+    def catalog_source(self) -> Any:
+        from skyloom.activities.catalog import refresh
+
+        return refresh.azure_source(
+            self.subscription_id, self.regions(), credential=self._credential
+        )
+
     # -- clients -----------------------------------------------------------------------
 
     def _clients(self) -> _Clients:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Any
 
 from skyloom.activities.models import CheckResult, NodeState
 
@@ -115,3 +116,8 @@ class CloudAPI(ABC):
 
     def start_instances(self, region: str, owner: str) -> None:
         raise NotImplementedError(f"{self.cloud}: start")
+
+    def catalog_source(self) -> Any:
+        """The cloud's own price and machine-type APIs, with this API's credentials and
+        regions (a `skyloom.activities.catalog.refresh` source)."""
+        raise NotImplementedError(f"{self.cloud}: catalog refresh")

@@ -185,6 +185,11 @@ class GCPAPI(CloudAPI):
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
 
+    def catalog_source(self) -> Any:
+        from skyloom.activities.catalog import refresh
+
+        return refresh.gcp_source(self.project, credentials=self._credentials)
+
     # -- plumbing
 
     def _client(self, name: str) -> Any:

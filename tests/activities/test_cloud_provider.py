@@ -3,11 +3,12 @@ moto's EC2 (loopback addresses) and reached over SSH by one real sshd playing th
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from skyloom.activities import catalog as cat
-from skyloom.activities.errors import ErrorKind, kind_of
+from skyloom.activities.errors import ErrorKind, Where, kind_of, provider_error
 from skyloom.activities.models import ClusterRef, NodeState, ProvisionInput
 from skyloom.activities.providers.cloud import CloudProvider, ensure_key
 
@@ -111,4 +112,41 @@ def test_sweep_reports_a_reclaimed_spot_node_to_its_workflow(aws, tmp_path: Path
         "spotty.12345678",
     )
     assert seen[0].workflow_id == "cluster-spotty"
+    p.close()
+
+
+class HalfCloud:
+    """A cloud that gives the first node asked for and runs out before the second."""
+
+    def __init__(self, api) -> None:
+        self.api = api
+
+    def __getattr__(self, name: str):
+        return getattr(self.api, name)
+
+    def create_instances(self, req):
+        made = self.api.create_instances(replace(req, ranks=req.ranks[:1]))
+        if len(req.ranks) > 1:
+            raise provider_error(
+                ErrorKind.NO_CAPACITY, "InsufficientInstanceCapacity after one node",
+                where=Where(infra="aws", region=req.region, zone=req.zone),
+            )  # fmt: skip
+        return made
+
+
+def test_a_two_node_launch_that_got_one_node_is_no_capacity_and_leaves_nothing(aws, tmp_path: Path):
+    p = provider(HalfCloud(aws), tmp_path, 1, "ubuntu")
+    offer = p.offers("aws", {}, 2)[0]
+    req = ProvisionInput(
+        cluster="pair", infra=offer.where, num_nodes=2, owner="pair.0ddba11",
+        resources={"image_id": IMAGE}, offer=offer,
+    )  # fmt: skip
+    with pytest.raises(Exception) as info:
+        p.create(req)
+    assert kind_of(info.value) is ErrorKind.NO_CAPACITY
+    assert [i.rank for i in aws.list_instances(REGION, req.owner)] == [0]
+    # What the launch path does before the next placement: the ref carries the offer's
+    # place, so the cleanup needs no handle and no search of other regions.
+    p.terminate(ClusterRef(cluster="pair", infra=offer.where, owner=req.owner))
+    assert aws.list_instances(REGION) == []
     p.close()
