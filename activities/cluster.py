@@ -10,6 +10,7 @@ for a job: phases are watched by the provider's watcher (activities/watch.py).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import os
@@ -133,7 +134,8 @@ def _heartbeating(fn: Callable[[], T]) -> T:
     if not activity.in_activity():
         return fn()
     with ThreadPoolExecutor(max_workers=1) as pool:
-        fut = pool.submit(fn)
+        # In the activity's context: fn may ask whom it works for (activity.info()).
+        fut = pool.submit(contextvars.copy_context().run, fn)
         while True:
             try:
                 return fut.result(timeout=_HEARTBEAT_EVERY)
@@ -329,9 +331,7 @@ class ClusterActivities:
         """The handle with each node's state as the provider sees it now."""
         assert ref.handle is not None, "describe needs the handle of a created cluster"
         handle = ref.handle
-        states = _heartbeating(lambda: self.providers.get(handle.infra).describe(handle))
-        pairs = zip(handle.nodes, states, strict=True)
-        nodes = [n.model_copy(update={"state": s}) for n, s in pairs]
+        nodes = _heartbeating(lambda: self.providers.get(handle.infra).describe_nodes(handle))
         return handle.model_copy(update={"nodes": nodes})
 
     @activity.defn(name=m.STOP_NODES.name)

@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ready-file", type=Path, help="written with our pid once polling")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # The Azure SDK logs every HTTP request and response at INFO; its warnings still show.
+    logging.getLogger("azure").setLevel(logging.WARNING)
     state = home()
     if args.embedded:
         from skyloom.worker.engine import EmbeddedEngine

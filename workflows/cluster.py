@@ -86,6 +86,7 @@ class ClusterWorkflow:
         # Lifecycle handlers waiting for the lock: no job starts meanwhile (a lock just
         # released to a waiter does not look locked for a moment).
         self.lifecycle_waiting = 0
+        self.downs_waiting = 0
         # Bumped by every handler and job ending: the main loop re-evaluates on change.
         self.changes = 0
 
@@ -289,9 +290,12 @@ class ClusterWorkflow:
             ordered=self.inp.ordered,
             on_try=self._on_try,
             on_attempt=self._on_attempt,
+            stop=lambda: self.downs_waiting > 0,
         )
         try:
             handle, _ = await launcher.provision(await launcher.plan())
+        except Stopped:
+            return  # a down is waiting: it removes what this launch made (by owner)
         except (LaunchFailed, ActivityError) as e:
             reason = f"launch failed: {e if isinstance(e, LaunchFailed) else _reason(e)}"
             if isinstance(e, ActivityError):
@@ -594,9 +598,14 @@ class ClusterWorkflow:
 
     @workflow.update(name=ClusterUpdate.DOWN)
     async def down(self, inp: DownInput) -> ClusterDescription:
-        async with self._lifecycle_change():
-            if self.state.status is not ClusterStatus.TERMINATED:
-                await self._down("requested", purge=inp.purge)
+        # Said before waiting for the lock: a launch waiting for nodes to boot gives up.
+        self.downs_waiting += 1
+        try:
+            async with self._lifecycle_change():
+                if self.state.status is not ClusterStatus.TERMINATED:
+                    await self._down("requested", purge=inp.purge)
+        finally:
+            self.downs_waiting -= 1
         return self.describe()
 
     @workflow.update(name=ClusterUpdate.SET_AUTOSTOP)

@@ -47,7 +47,10 @@ with workflow.unsafe.imports_passed_through():
 T = TypeVar("T")
 Step = Callable[[Awaitable[T]], Awaitable[T]]
 
-# A created cluster whose nodes are still booting is described this often, this long.
+# A created cluster whose nodes are still booting is described after these pauses (soon
+# at first: a node up within a second or two is not kept waiting 5 s), then every 5 s,
+# for this long.
+_UP_POLLS = tuple(timedelta(seconds=s) for s in (0.5, 1, 2, 3))
 _UP_POLL = timedelta(seconds=5)
 _UP_DEADLINE = timedelta(minutes=20)
 
@@ -90,6 +93,9 @@ class Launcher:
     on_attempt: Callable[[LaunchAttempt], None] = lambda attempt: None
     # Wraps every activity call (a managed job uses it to stop on cancel).
     step: Callable[[Awaitable], Awaitable] = _plain
+    # True when the launch is to stop (a down, a cancel): waiting for nodes to boot then
+    # ends at once with Stopped, and the caller removes what was made.
+    stop: Callable[[], bool] = lambda: False
     attempts: list[LaunchAttempt] = field(default_factory=list)
 
     def _record(self, attempt: LaunchAttempt) -> None:
@@ -182,11 +188,17 @@ class Launcher:
         """The handle once no node is pending (clouds boot; local and SSH nodes are up at
         once and cost no look), or None past the deadline."""
         waited = timedelta(0)
+        polls = 0
         while any(n.state is NodeState.PENDING for n in handle.nodes):
             if waited >= _UP_DEADLINE:
                 return None
-            await workflow.sleep(_UP_POLL)
-            waited += _UP_POLL
+            pause = _UP_POLLS[polls] if polls < len(_UP_POLLS) else _UP_POLL
+            polls += 1
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(self.stop, timeout=pause)
+            if self.stop():
+                raise Stopped()
+            waited += pause
             ref = ClusterRef(
                 cluster=handle.cluster, infra=handle.infra, handle=handle, owner=handle.owner
             )

@@ -294,6 +294,7 @@ class ManagedJobWorkflow:
                 ordered=task.ordered,
                 on_try=self._on_try,
                 step=self._step,
+                stop=lambda: self.s.cancel_requested,
             )
             try:
                 placements = await launcher.plan()
@@ -318,6 +319,8 @@ class ManagedJobWorkflow:
                 continue
             except ActivityError as e:
                 raise _AttemptFailed(message_of(e)) from e
+            except Stopped as e:
+                raise _Cancelled() from e  # cancelled while its nodes were booting
             self.view.launch_attempts = launcher.attempts
             self.s.live[name] = ClusterRef(
                 cluster=name, infra=handle.infra, owner=owner, handle=handle

@@ -67,6 +67,14 @@ class Provider(ABC):
         """Per rank, how the provider sees each node now (one call per cluster)."""
         return [NodeState.UP for _ in handle.nodes]
 
+    def describe_nodes(self, handle: ClusterHandle) -> list[NodeInfo]:
+        """The nodes as they are now: their state, and on a cloud the address a booting
+        node got since it was created (one call per cluster)."""
+        states = self.describe(handle)
+        return [
+            n.model_copy(update={"state": s}) for n, s in zip(handle.nodes, states, strict=True)
+        ]
+
     @abstractmethod
     def terminate(self, ref: ClusterRef) -> None:
         """Release everything the owner has, including what a crashed create made before

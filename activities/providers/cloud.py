@@ -114,6 +114,9 @@ class CloudProvider(Provider):
         self._watches: Any = None
         self._lock = threading.Lock()
         self._active: set[str] = set()  # regions known to hold skyloom instances
+        # When a create last used each region: a sweep whose listing started before
+        # that may have missed the new nodes, and must not drop the region.
+        self._touched: dict[str, float] = {}
         self._scanned_at = float("-inf")
         self._zone_names: dict[str, dict[str, str]] = {}
 
@@ -188,6 +191,7 @@ class CloudProvider(Provider):
         )
         with self._lock:
             self._active.add(region)
+            self._touched[region] = time.monotonic()
         have = self.api.list_instances(region, req.owner)
         lost = [i for i in have if i.state in (NodeState.PREEMPTED, NodeState.STOPPED)]
         if lost:
@@ -201,6 +205,10 @@ class CloudProvider(Provider):
         if missing:
             made = self.api.create_instances(self._request(req, offer, missing))
             have = [*have, *made]
+            if any(i.state is not NodeState.UP or not self._address(i) for i in made):
+                # One look now: a VM that is already up (or has its address) spares the
+                # launch a describe round trip.
+                have = self.api.list_instances(region, req.owner) or have
         by_rank = {i.rank: i for i in have if 0 <= i.rank < req.num_nodes}
         nodes = [self._node(by_rank[r], offer) for r in range(req.num_nodes) if r in by_rank]
         if len(nodes) != req.num_nodes:
@@ -209,6 +217,10 @@ class CloudProvider(Provider):
                 f"{len(nodes)} of {req.num_nodes} nodes were created",
                 where=where,
             )
+        with self._lock:
+            # Again now the nodes exist: a sweep that listed while they were being made
+            # (Azure shows a VM only once its create is done) keeps the region.
+            self._touched[region] = time.monotonic()
         zone = next((i.zone for i in have if i.zone), offer.zone)
         return ClusterHandle(
             cluster=req.cluster,
@@ -277,12 +289,21 @@ class CloudProvider(Provider):
         return inst.state
 
     def describe(self, handle: ClusterHandle) -> list[NodeState]:
+        return [n.state for n in self.describe_nodes(handle)]
+
+    def describe_nodes(self, handle: ClusterHandle) -> list[NodeInfo]:
+        """A VM gets its address while it boots (none when created): each node is
+        given the one it has now, and is UP once SSH answers there."""
         region = handle.region or self._region_of(handle.infra)
         by_rank = {i.rank: i for i in self.api.list_instances(region or "", handle.owner)}
         out = []
         for node in handle.nodes:
             inst = by_rank.get(node.rank)
-            out.append(NodeState.GONE if inst is None else self._reachable(inst, node.ip))
+            if inst is None:
+                out.append(node.model_copy(update={"state": NodeState.GONE}))
+                continue
+            now = self._node(inst, None)
+            out.append(node.model_copy(update={"ip": now.ip, "root": now.root, "state": now.state}))
         return out
 
     def terminate(self, ref: ClusterRef) -> None:
@@ -376,14 +397,17 @@ class CloudProvider(Provider):
         """Preempted nodes from one listing per active region; ended phases from every
         running node's watch channel (as for SSH hosts)."""
         regions = self._regions_to_list()
+        started = time.monotonic()
         with ThreadPoolExecutor(max_workers=8) as pool:
             listed = dict(zip(regions, pool.map(self.api.list_instances, regions), strict=True))
         out: list[WatchedObservation] = []
         hosts: list[SSHHost] = []
         with self._lock:
-            self._active = {r for r, insts in listed.items() if insts} | (
-                self._active - set(listed)
-            )
+            empty = {
+                r for r, insts in listed.items()
+                if not insts and self._touched.get(r, float("-inf")) < started
+            }  # fmt: skip
+            self._active = (self._active | set(listed)) - empty
         for insts in listed.values():
             for inst in insts:
                 if inst.state is NodeState.PREEMPTED and inst.workflow_id:

@@ -154,3 +154,21 @@ def test_show_gpus_reads_the_workers_catalog(tmp_path: Path):
         with pytest.raises(Exception) as info:
             env.run(acts.show_gpus, ShowGpusInput(infra=bad))
         assert kind_of(info.value) is ErrorKind.INVALID_SPEC, bad
+
+
+def test_a_provider_call_knows_the_workflow_it_works_for(tmp_path: Path):
+    """Blocking provider calls run in a helper thread: still in the activity's context
+    (a cloud tags its nodes with the workflow the watcher reports a preemption to)."""
+    from temporalio import activity
+
+    seen: list[str] = []
+
+    class Recording(PricedCloud):
+        def create(self, req: ProvisionInput) -> ClusterHandle:
+            seen.append(activity.info().workflow_id)
+            return ClusterHandle(cluster=req.cluster, infra=self.name, nodes=[])
+
+    acts = ClusterActivities(Providers({"aws": Recording("aws", {})}))
+    req = ProvisionInput(cluster="c", infra="aws", num_nodes=1, owner="c.1")
+    ActivityEnvironment().run(acts.provision, req)
+    assert seen == [ActivityEnvironment().info.workflow_id]

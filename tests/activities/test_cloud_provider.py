@@ -150,3 +150,61 @@ def test_a_two_node_launch_that_got_one_node_is_no_capacity_and_leaves_nothing(a
     p.terminate(ClusterRef(cluster="pair", infra=offer.where, owner=req.owner))
     assert aws.list_instances(REGION) == []
     p.close()
+
+
+def test_a_region_a_launch_just_used_is_swept_even_if_a_listing_missed_it(aws, tmp_path: Path):
+    p = provider(aws, tmp_path, 1, "ubuntu")
+    offer = p.offers("aws", {}, 1)[0]
+    req = ProvisionInput(
+        cluster="fresh", infra=offer.where, num_nodes=1, owner="fresh.5eed5eed",
+        resources={"image_id": IMAGE}, offer=offer,
+    )  # fmt: skip
+    listed: list[str] = []
+    real = aws.list_instances
+
+    def listing(region: str, owner: str | None = None):
+        found = real(region, owner)
+        if owner is None:
+            listed.append(region)
+            if len(listed) == 1:
+                p.create(req)  # made while the sweep's listing was on its way back
+        return found
+
+    aws.list_instances = listing  # type: ignore[method-assign]
+    assert p.sweep("aws") == [] and listed == [REGION]
+    # The next sweep still lists the region (it must not wait for the 5-minute full scan
+    # to see the new node, or its phases' ends).
+    p.sweep("aws")
+    assert listed == [REGION, REGION]
+    p.terminate(ClusterRef(cluster="fresh", infra=offer.where, owner=req.owner))
+    p.close()
+
+
+def test_a_node_created_without_an_address_gets_it_when_described(aws, tmp_path: Path):
+    class NoAddressYet(HalfCloud):
+        booted = False
+
+        def create_instances(self, req):
+            return [replace(i, private_ip=None) for i in self.api.create_instances(req)]
+
+        def list_instances(self, region, owner=None):
+            found = self.api.list_instances(region, owner)
+            return found if self.booted else [replace(i, private_ip=None) for i in found]
+
+    cloud = NoAddressYet(aws)
+    p = provider(cloud, tmp_path, 1, "ubuntu")
+    offer = p.offers("aws", {}, 1)[0]
+    req = ProvisionInput(
+        cluster="booting", infra=offer.where, num_nodes=1, owner="booting.b007b007",
+        resources={"image_id": IMAGE}, offer=offer,
+    )  # fmt: skip
+    handle = p.create(req)
+    assert handle.nodes[0].ip == "" and handle.nodes[0].state is NodeState.PENDING
+    cloud.booted = True
+    (node,) = p.describe_nodes(handle)
+    assert node.ip.startswith("127.0.") and node.root.endswith(f"/{node.ip}_1")
+    assert node.state is NodeState.PENDING  # nothing answers SSH on port 1
+    p.terminate(ClusterRef(cluster="booting", infra=offer.where, owner=req.owner))
+    (gone,) = p.describe_nodes(handle)
+    assert gone.state is NodeState.GONE
+    p.close()

@@ -57,6 +57,8 @@ class FakeCloud:
         self.block_stop = asyncio.Event()
         self.block_stop.set()
         self.preempted: set[str] = set()
+        # Nodes made while True stay PENDING (a cloud's VMs that never finish booting).
+        self.booting = False
         # What observe_cluster finds on the nodes (the safety-net look).
         self.observed: list[Observation] = []
         # (job, phase) → exit code per rank: signalled when the phase has started.
@@ -122,8 +124,9 @@ class FakeCloud:
             )
         self.live.add(inp.cluster)
         self.launched.append((inp.cluster, inp.infra))
+        state = NodeState.PENDING if self.booting else NodeState.UP
         nodes = [
-            NodeInfo(rank=i, node_id=f"{inp.cluster}-{i}", root=f"/fake/{i}")
+            NodeInfo(rank=i, node_id=f"{inp.cluster}-{i}", root=f"/fake/{i}", state=state)
             for i in range(inp.num_nodes)
         ]
         return ClusterHandle(

@@ -413,6 +413,21 @@ async def test_down_sent_during_the_launch_ends_the_cluster_and_its_job(env, clo
         assert not cloud.live and cloud.started() == []
 
 
+async def test_down_sent_while_nodes_boot_ends_the_launch_at_once(env, cloud):
+    cloud.booting = True  # the VMs never finish booting: the launch would wait 20 minutes
+    async with worker(env, cloud):
+        h = await start_cluster(env, "local")
+        job_id = await submit(h, run="x")
+        while cloud.calls["describe"] == 0:
+            await asyncio.sleep(0.02)
+        d = await h.execute_update("down", DownInput(), result_type=ClusterDescription)
+        assert d.status is ClusterStatus.TERMINATED and "down" in (d.reason or "")
+        assert job(d, job_id).status is JobStatus.CANCELLED
+        # It gave up at the down, not after 20 minutes of looking (hundreds of looks).
+        assert cloud.calls["describe"] <= 3
+        assert not cloud.live
+
+
 async def test_an_ending_of_an_older_namesake_is_not_this_clusters(env, cloud):
     async with worker(env, cloud):
         h = await start_cluster(env, "local")
