@@ -219,7 +219,8 @@ class CloudProvider(Provider):
             )
         with self._lock:
             # Again now the nodes exist: a sweep that listed while they were being made
-            # (Azure shows a VM only once its create is done) keeps the region.
+            # (Azure shows a VM only once its create is done) may have dropped it.
+            self._active.add(region)
             self._touched[region] = time.monotonic()
         zone = next((i.zone for i in have if i.zone), offer.zone)
         return ClusterHandle(

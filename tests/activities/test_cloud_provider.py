@@ -208,3 +208,34 @@ def test_a_node_created_without_an_address_gets_it_when_described(aws, tmp_path:
     (gone,) = p.describe_nodes(handle)
     assert gone.state is NodeState.GONE
     p.close()
+
+
+def test_a_sweep_while_nodes_are_being_made_keeps_their_region(aws, tmp_path: Path):
+    """Azure lists a VM only once its create is done: a sweep in between finds the region
+    empty, and must not forget it once the nodes exist."""
+
+    class SweptMidCreate(HalfCloud):
+        def create_instances(self, req):
+            assert p.sweep("aws") == []  # lists the region: nothing there yet
+            return self.api.create_instances(req)
+
+    cloud = SweptMidCreate(aws)
+    p = provider(cloud, tmp_path, 1, "ubuntu")
+    offer = p.offers("aws", {}, 1)[0]
+    req = ProvisionInput(
+        cluster="slow", infra=offer.where, num_nodes=1, owner="slow.5105105",
+        resources={"image_id": IMAGE}, offer=offer,
+    )  # fmt: skip
+    p.create(req)
+    listed: list[str] = []
+    real = aws.list_instances
+
+    def listing(region: str, owner: str | None = None):
+        listed.append(region)
+        return real(region, owner)
+
+    aws.list_instances = listing  # type: ignore[method-assign]
+    p.sweep("aws")
+    assert listed == [REGION]
+    p.terminate(ClusterRef(cluster="slow", infra=offer.where, owner=req.owner))
+    p.close()

@@ -29,9 +29,8 @@ from tests.sshd import SSHHosts, needs_sshd
 
 pytestmark = [pytest.mark.integration, needs_sshd]
 
-# How long to wait for what only the watcher sees (a job's end, a reclaimed node): a
-# sweep that lists a region while create is still making its nodes forgets the region
-# until the next full scan, so news from a new cluster can be that late.
+# How long to wait for what only the watcher sees (a job's end, a reclaimed node):
+# generous, it is seen within a sweep or two; past the full scan of every region.
 WATCHED = FULL_SCAN_SECONDS + 120
 
 # Cheapest first in the shipped catalog: Azure's one region, then AWS's zones, then GCP's:
@@ -289,4 +288,21 @@ def test_worker_killed_while_creating_nodes_makes_no_duplicate(
     assert len(lab.instances_of(owner)) == 2
     assert "hello-1" in sky.ok("logs", name, "1", "--no-follow", "--node-rank", "1")
     sky.ok("down", "-y", name, timeout=120)
+    assert lab.wait_clean() == {}
+
+
+def test_stop_start_and_exec_on_aws(clouds: Clouds, name: str, tmp_path: Path):
+    sky, lab = clouds.sky, clouds.lab
+    resources = {"infra": "aws", "instance_type": "m6i.xlarge", "image_id": AWS_IMAGE}
+    task = dump(tmp_path / "t.yaml", {"resources": resources, "run": "echo up-$SKYPILOT_NODE_RANK"})
+    assert "up-0" in sky.ok("launch", "-y", "-c", name, str(task))
+    (node,) = aws_nodes(lab, name)
+    sky.ok("stop", "-y", name)
+    assert [i["State"]["Name"] for i in aws_nodes(lab, name)] == ["stopped"]
+    assert sky.clusters()[name]["status"] == "STOPPED"
+    sky.ok("start", name)
+    (again,) = aws_nodes(lab, name)
+    assert (again["InstanceId"], again["State"]["Name"]) == (node["InstanceId"], "running")
+    assert "again-0" in sky.ok("exec", name, "echo again-$SKYPILOT_NODE_RANK")
+    sky.ok("down", "-y", name)
     assert lab.wait_clean() == {}
