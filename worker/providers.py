@@ -18,6 +18,7 @@ SDKs at a loopback fake (anonymous credentials); boto3 has its own
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from dataclasses import dataclass
@@ -157,10 +158,7 @@ def _aws(section: dict[str, Any], regions: list[str], where: Path) -> Enabled | 
 
 
 def _gcp(section: dict[str, Any], regions: list[str], where: Path) -> Enabled | Disabled:
-    try:
-        import google.auth
-        import google.cloud.compute_v1
-    except ImportError:
+    if not _installed("google.auth", "google.cloud.compute_v1"):
         return Disabled("google-cloud-compute is not installed: pip install 'skyloom[gcp]'")
     from skyloom.activities.providers.gcp import GCPAPI
 
@@ -180,6 +178,8 @@ def _gcp(section: dict[str, Any], regions: list[str], where: Path) -> Enabled | 
             "~/.config/gcloud/application_default_credentials.json); run "
             "`gcloud auth application-default login`"
         )
+    import google.auth
+
     try:
         credentials, found_project = google.auth.default(
             scopes=["https://www.googleapis.com/auth/cloud-platform"]
@@ -190,6 +190,15 @@ def _gcp(section: dict[str, Any], regions: list[str], where: Path) -> Enabled | 
     if not project:
         return Disabled(f"no GCP project: set gcp.project_id in {where}")
     return Enabled(GCPAPI(project, regions, credentials=credentials))
+
+
+def _installed(*modules: str) -> bool:
+    """Whether the SDK modules can be imported, without importing them (seconds of
+    start-up for a worker that never uses that cloud)."""
+    try:
+        return all(importlib.util.find_spec(name) is not None for name in modules)
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
 
 
 def _gcp_credentials_present() -> bool:
@@ -205,11 +214,7 @@ def _gcp_credentials_present() -> bool:
 
 
 def _azure(section: dict[str, Any], regions: list[str], where: Path) -> Enabled | Disabled:
-    try:
-        import azure.identity
-        import azure.mgmt.compute
-        import azure.mgmt.network  # noqa: F401
-    except ImportError:
+    if not _installed("azure.identity", "azure.mgmt.compute", "azure.mgmt.network"):
         return Disabled("the Azure SDK is not installed: pip install 'skyloom[azure]'")
     from skyloom.activities.providers.azure import AzureAPI
 
