@@ -272,6 +272,20 @@ async def test_cancel_mid_launch_waits_for_the_launch_and_terminates_it(env, clo
         assert cloud.launched and cloud.live == set()
 
 
+async def test_cancel_while_nodes_boot_ends_the_launch_at_once(env, cloud):
+    cloud.booting = True  # the VMs never finish booting: the launch would wait 20 minutes
+    async with _worker(env, cloud):
+        h = await _start(env)
+        while cloud.calls["describe"] == 0:
+            await asyncio.sleep(0.02)
+        await h.signal(CANCEL_SIGNAL)
+        v = await finish(h)
+        assert v.status is S.CANCELLED
+        # It gave up at the cancel, not after 20 minutes of looking (hundreds of looks).
+        assert cloud.calls["describe"] <= 3
+        assert cloud.launched and cloud.live == set()
+
+
 async def test_safety_net_looks_when_no_watcher_reports(env, cloud):
     async with _worker(env, cloud):
         h = await _start(env)
