@@ -183,9 +183,15 @@ def test_no_capacity_anywhere_exits_1_with_what_was_tried(
     assert lab.wait_clean() == {}
 
 
-def test_spot_job_reclaimed_on_aws_recovers_in_another_zone(
-    clouds: Clouds, name: str, tmp_path: Path
+@pytest.mark.parametrize(
+    "strategy,same_zone",
+    [("EAGER_NEXT_REGION", False), ("FAILOVER", True)],
+)
+def test_spot_job_reclaimed_on_aws_recovers_where_its_strategy_says(
+    clouds: Clouds, name: str, tmp_path: Path, strategy: str, same_zone: bool
 ):
+    """EAGER_NEXT_REGION (the default) moves away from the place that was reclaimed (here
+    to another zone: one region is configured); FAILOVER tries that place again first."""
     sky, lab = clouds.sky, clouds.lab
     shared = clouds.hosts.user_dir()
     starts, go = shared / "starts", shared / "go"
@@ -196,7 +202,8 @@ while [ ! -f {go} ]; do sleep 0.2; done
 echo spot-done
 """
     resources = {"infra": "aws", "instance_type": "m6i.xlarge", "image_id": AWS_IMAGE}
-    task = dump(tmp_path / "spot.yaml", {"resources": {**resources, "use_spot": True}, "run": run})
+    spot = {**resources, "use_spot": True, "job_recovery": strategy}
+    task = dump(tmp_path / "spot.yaml", {"resources": spot, "run": run})
     out = sky.ok("jobs", "launch", "-d", "-y", "-n", name, str(task))
     job = int(out.split("Managed job ")[-1].split()[0])
 
@@ -217,7 +224,8 @@ echo spot-done
         assert view["recovery_count"] == 1
         (second,) = aws_nodes(lab, view["cluster"])
         assert second["InstanceId"] != first["InstanceId"]
-        assert second["Placement"]["AvailabilityZone"] != first["Placement"]["AvailabilityZone"]
+        zones = (first["Placement"]["AvailabilityZone"], second["Placement"]["AvailabilityZone"])
+        assert (zones[0] == zones[1]) is same_zone, zones
         # Same task id: a recovered job can resume from its checkpoint.
         assert len(set(lines())) == 1
         go.touch()
