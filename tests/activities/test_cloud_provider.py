@@ -239,3 +239,34 @@ def test_a_sweep_while_nodes_are_being_made_keeps_their_region(aws, tmp_path: Pa
     assert listed == [REGION]
     p.terminate(ClusterRef(cluster="slow", infra=offer.where, owner=req.owner))
     p.close()
+
+
+def test_one_sweep_lists_each_region_once_however_many_clusters(aws, tmp_path: Path):
+    p = provider(aws, tmp_path, 1, "ubuntu")
+    offer = p.offers("aws", {"use_spot": True}, 1)[0]
+    owners = [f"c{i}.0000000{i}" for i in range(3)]
+    for i, owner in enumerate(owners):
+        p.create(
+            ProvisionInput(
+                cluster=f"c{i}",
+                infra=offer.where,
+                num_nodes=2,
+                owner=owner,
+                resources={"image_id": IMAGE, "use_spot": True},
+                offer=offer,
+            )
+        )
+    calls: list[tuple[str, str | None]] = []
+    real = aws.list_instances
+
+    def listing(region: str, owner: str | None = None):
+        calls.append((region, owner))
+        return real(region, owner)
+
+    aws.list_instances = listing  # type: ignore[method-assign]
+    p.sweep("aws")
+    # Six spot nodes of three clusters: one listing of the region, never one per cluster.
+    assert calls == [(REGION, None)]
+    for i, owner in enumerate(owners):
+        p.terminate(ClusterRef(cluster=f"c{i}", infra=offer.where, owner=owner))
+    p.close()
