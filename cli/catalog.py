@@ -34,11 +34,8 @@ def show_gpus(gpu: str | None, infra: str | None, all_regions: bool, *, as_json:
     inp = ShowGpusInput(name=name, count=count, infra=infra, all_regions=all_regions)
 
     async def go(sky: SkyloomClient) -> GpuReport:
-        session = sky.session()
-        try:
+        async with sky.session() as session:
             return await session.show_gpus(inp)
-        finally:
-            await session.close()
 
     report: GpuReport = run_with_client(go)
     if name is not None and not report.rows:
@@ -86,11 +83,8 @@ def refresh(clouds: tuple[str, ...], *, as_json: bool) -> None:
     """Ask a worker (it has the credentials) to rebuild the catalog from the clouds' APIs."""
 
     async def go(sky: SkyloomClient) -> RefreshCatalogReport:
-        session = sky.session()
-        try:
+        async with sky.session() as session:
             return await session.refresh_catalog(list(clouds))
-        finally:
-            await session.close()
 
     report: RefreshCatalogReport = run_with_client(go)
     if as_json:

@@ -438,11 +438,8 @@ def check(*, as_json: bool) -> None:
     host of every pool is probed in parallel there)."""
 
     async def go(sky: SkyloomClient) -> CheckReport:
-        session = sky.session()
-        try:
+        async with sky.session() as session:
             return await session.check()
-        finally:
-            await session.close()
 
     report = run_with_client(go)
     from skyloom.spec.capabilities import SUPPORTED_INFRA

@@ -200,6 +200,12 @@ class WorkerSession:
         with contextlib.suppress(RPCError):
             await self.client.get_workflow_handle(self.id).signal(CLOSE_SIGNAL)
 
+    async def __aenter__(self) -> WorkerSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
 
 @dataclass
 class ClusterSummary:

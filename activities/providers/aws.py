@@ -8,7 +8,6 @@ partitions ignore ClientToken), so a node is found again only by its tags, which
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from typing import Any
 
@@ -22,6 +21,7 @@ from skyloom.activities.providers.cloud_api import (
     CloudAPI,
     Instance,
     InstanceRequest,
+    digest,
 )
 from temporalio.exceptions import ApplicationError
 
@@ -58,10 +58,6 @@ _VOLUME: dict[str, dict[str, Any]] = {  # SkyPilot's disk tiers
 def _code(e: Exception) -> str:
     """The EC2 error code of a boto3 failure ("" for anything else)."""
     return str(getattr(e, "response", {}).get("Error", {}).get("Code", ""))
-
-
-def digest(text: str, n: int = 12) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:n]
 
 
 class AWSAPI(CloudAPI):

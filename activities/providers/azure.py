@@ -9,13 +9,12 @@ The per-region network (`skyloom-<region>`) is shared by every cluster and kept.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import re
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,6 +28,7 @@ from skyloom.activities.providers.cloud_api import (
     CloudAPI,
     Instance,
     InstanceRequest,
+    digest,
 )
 from temporalio.exceptions import ApplicationError
 
@@ -434,7 +434,7 @@ class AzureAPI(CloudAPI):
         )
         # Azure does not copy a VM's tags to its OS disk: the owner's disks are known by
         # the name skyloom gave them, which carries the owner's digest.
-        disk_name = re.compile(rf"-{_digest(owner)}-\d+-osdisk$")
+        disk_name = re.compile(rf"-{digest(owner, 8)}-\d+-osdisk$")
         disks = [
             d["name"]
             for d in _dicts(c.compute.disks.list_by_resource_group(rg))
@@ -577,20 +577,16 @@ def _slug(cluster: str) -> str:
     return re.sub(r"-{2,}", "-", slug)[:40].strip("-") or "sky"
 
 
-def _digest(owner: str) -> str:
-    return hashlib.sha256(owner.encode()).hexdigest()[:8]
-
-
 def _vm_name(cluster: str, owner: str, rank: int) -> str:
     """At most 54 characters of letters, digits and hyphens (Azure allows 64), unique per
     (owner, rank), readable by cluster."""
-    return f"{_slug(cluster)}-{_digest(owner)}-{rank}"
+    return f"{_slug(cluster)}-{digest(owner, 8)}-{rank}"
 
 
 def _nsg_name(cluster: str, owner: str, region: str) -> str:
     # Per region too: after a failover the owner's NSG in the first region may remain
     # until that region is cleaned, and a resource cannot move between regions.
-    return f"{_slug(cluster)}-{_digest(owner)}-{region.lower()}-nsg"
+    return f"{_slug(cluster)}-{digest(owner, 8)}-{region.lower()}-nsg"
 
 
 def _tags(req: InstanceRequest, rank: int) -> dict[str, str]:
@@ -720,11 +716,11 @@ def _mapped(err: Exception, where: Where) -> Exception:
     size_target = "vmsize" in target.lower()
     if codes & IMAGE_CODES or ("InvalidParameter" in codes and image_target):
         return provider_error(
-            ErrorKind.INVALID_SPEC, message, where=_with_field(where, "resources.image_id")
+            ErrorKind.INVALID_SPEC, message, where=replace(where, field="resources.image_id")
         )
     if "InvalidParameter" in codes and size_target:
         return provider_error(
-            ErrorKind.INVALID_SPEC, message, where=_with_field(where, "resources.instance_type")
+            ErrorKind.INVALID_SPEC, message, where=replace(where, field="resources.instance_type")
         )
     return err
 
@@ -742,16 +738,6 @@ def _is_credential_failure(err: Exception) -> bool:
     except ImportError:
         return False
     return isinstance(err, ClientAuthenticationError)
-
-
-def _with_field(where: Where, field: str) -> Where:
-    return Where(
-        infra=where.infra,
-        region=where.region,
-        zone=where.zone,
-        instance_type=where.instance_type,
-        field=field,
-    )
 
 
 # -- test endpoints --------------------------------------------------------------------

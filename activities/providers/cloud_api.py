@@ -28,6 +28,7 @@ Contract of every call (the provider contract, see base.py):
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,12 @@ OWNER_TAG = "skyloom-owner"
 CLUSTER_TAG = "skyloom-cluster"
 RANK_TAG = "skyloom-rank"
 WORKFLOW_TAG = "skyloom-workflow"
+
+
+def digest(text: str, n: int = 12) -> str:
+    """A short stable name part for what cannot go into a cloud's names as it is (an
+    owner with dots and capitals, a public key)."""
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,12 @@ our endpoint, and a capacity failure only shows in the finished operation.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import replace
 from typing import Any
 
 from skyloom.activities.errors import ErrorKind, Where, provider_error
@@ -27,6 +27,7 @@ from skyloom.activities.providers.cloud_api import (
     CloudAPI,
     Instance,
     InstanceRequest,
+    digest,
 )
 from temporalio.exceptions import ApplicationError
 
@@ -90,13 +91,9 @@ OPERATION_TIMEOUT = 300.0
 _NAME_MAX = 63
 
 
-def digest(text: str, n: int = 20) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:n]
-
-
 def owner_label(owner: str) -> str:
     """The owner as a label value and network tag: owners hold uppercase and dots."""
-    return digest(owner)
+    return digest(owner, 20)
 
 
 def instance_name(cluster: str, owner: str, rank: int) -> str:
@@ -139,10 +136,6 @@ def _last(url: str) -> str:
     return url.rstrip("/").rsplit("/", 1)[-1]
 
 
-def _with_field(where: Where, field: str | None) -> Where:
-    return Where(**{**where.__dict__, "field": field})
-
-
 def _classify(
     status: int | None, reasons: set[str], text: str, where: Where, *, spec: bool
 ) -> ApplicationError | None:
@@ -159,7 +152,7 @@ def _classify(
         return provider_error(ErrorKind.CREDENTIALS, text, where=where)
     if spec and status in (400, 404):
         field = next((f for key, f in _FIELDS if key in lowered), None)
-        return provider_error(ErrorKind.INVALID_SPEC, text, where=_with_field(where, field))
+        return provider_error(ErrorKind.INVALID_SPEC, text, where=replace(where, field=field))
     return None
 
 
@@ -365,7 +358,7 @@ class GCPAPI(CloudAPI):
                 ErrorKind.INVALID_SPEC,
                 f"GCP places an instance in a zone of its region; got zone {zone!r} "
                 f"for region {req.region!r}",
-                where=_with_field(where, "resources.zone"),
+                where=replace(where, field="resources.zone"),
             )
         bodies = {rank: self._body(req, zone, rank, where) for rank in req.ranks}
         with self._errors(where, spec=True):
@@ -405,7 +398,7 @@ class GCPAPI(CloudAPI):
             raise provider_error(
                 ErrorKind.INVALID_SPEC,
                 f"disk tier {req.disk_tier!r}: one of low, medium, high, ultra, best",
-                where=_with_field(where, "resources.disk_tier"),
+                where=replace(where, field="resources.disk_tier"),
             )
         gpus = []
         for name, count in req.accelerators.items():
@@ -415,7 +408,7 @@ class GCPAPI(CloudAPI):
                     ErrorKind.INVALID_SPEC,
                     f"accelerator {name!r} cannot be attached on GCP; attachable: "
                     + ", ".join(ACCELERATORS),
-                    where=_with_field(where, "resources.accelerators"),
+                    where=replace(where, field="resources.accelerators"),
                 )
             gpus.append(
                 {
@@ -485,7 +478,7 @@ class GCPAPI(CloudAPI):
             raise provider_error(
                 ErrorKind.INVALID_SPEC,
                 f"ports {bad}: a port (8080) or a range (10000-10010)",
-                where=_with_field(where, "resources.ports"),
+                where=replace(where, field="resources.ports"),
             )
         client = self._client("FirewallsClient")
         name = self._network_tag(owner)
