@@ -94,15 +94,18 @@ async def _heartbeating_async(fn: Callable[[], T]) -> T:
         activity.heartbeat()
 
 
-async def _handle_of(workflow_id: str | None) -> ClusterHandle:
-    """A live cluster's nodes, asked of the workflow that owns them (`cluster-<name>`, or
-    `job-<id>` for a managed job's current cluster)."""
+async def _handle_of(workflow_id: str | None, cluster: str | None = None) -> ClusterHandle:
+    """A live cluster's nodes, asked of the workflow that owns them (`cluster-<name>`,
+    `job-<id>` for a managed job's current cluster, `service-<name>` for one replica's)."""
     kind, _, rest = (workflow_id or "").partition("-")
-    valid = (kind == "cluster" and name_problem(rest) is None) or (kind == "job" and rest.isdigit())
+    valid = (
+        (kind in ("cluster", "service") and name_problem(rest) is None)
+        or (kind == "job" and rest.isdigit())
+    ) and (kind != "service" or cluster is not None)
     if not valid:
         raise provider_error(
             ErrorKind.INVALID_SPEC,
-            f"{workflow_id!r} is not a cluster's or a managed job's workflow id",
+            f"{workflow_id!r} is not a cluster's, a managed job's or a service's workflow id",
             where=Where(field="workflow_id"),
         )
     try:
@@ -112,6 +115,9 @@ async def _handle_of(workflow_id: str | None) -> ClusterHandle:
             ErrorKind.INVALID_SPEC, f"{workflow_id}: {e.message}", where=Where(field="workflow_id")
         ) from None
     handle = desc.get("handle") if isinstance(desc, dict) else None
+    if kind == "service" and isinstance(desc, dict):
+        replicas = [r for r in desc.get("replicas") or [] if r.get("cluster") == cluster]
+        handle = replicas[-1].get("handle") if replicas else None
     if not handle:
         raise provider_error(
             ErrorKind.INVALID_SPEC,
@@ -508,7 +514,7 @@ class ClusterActivities:
                 return _read_local(path, inp.offset, limit + 1)
 
         else:
-            handle = await _handle_of(inp.workflow_id)
+            handle = await _handle_of(inp.workflow_id, inp.cluster)
             if inp.cluster is not None and handle.cluster != inp.cluster:
                 return LogChunk.of(b"", inp.offset)  # it moved on: the asker will see
             if not 0 <= inp.rank < len(handle.nodes):

@@ -82,6 +82,9 @@ class NodeInfo(BaseModel):
     identity_file: str | None = None
     gpus: dict[str, int] = Field(default_factory=dict)
     state: NodeState = NodeState.UP
+    # Ports the task asked for that listen elsewhere on this node (the local infra maps
+    # each to a free port of the machine); a port not here is itself.
+    ports: dict[int, int] = Field(default_factory=dict)
 
 
 class ClusterHandle(BaseModel):
@@ -438,6 +441,85 @@ class PreemptInput(BaseModel):
 # ---- paths on nodes ----------------------------------------------------------------------
 
 
+# ---- serving ----------------------------------------------------------------------------
+
+
+class ProbeSpec(BaseModel):
+    """How a replica is asked whether it is ready (SkyServe's readiness_probe)."""
+
+    path: str = "/"
+    # POSTed as JSON when set; GET otherwise.
+    post_data: Any = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    # A replica not READY this long after its run command started has failed.
+    initial_delay_seconds: float = 1200.0
+    timeout_seconds: float = 15.0
+    # Between two probes of one replica. SkyServe probes every 10 s; a replica that fails
+    # must leave the rotation within 2 s here.
+    interval_seconds: float = 1.0
+    # A READY replica that keeps failing its probe this long is replaced.
+    failure_timeout_seconds: float = 3.0
+
+    def problems(self) -> str | None:
+        if not self.path.startswith("/") or any(c.isspace() for c in self.path):
+            return f"probe.path: expected a URL path starting with /, got {self.path!r}"
+        for key, value in self.headers.items():
+            if not key or any(c in "\r\n:" for c in key) or any(c in "\r\n" for c in value):
+                return f"probe.headers: {key!r} is not a valid header"
+        for what in ("initial_delay_seconds", "timeout_seconds", "failure_timeout_seconds"):
+            if not getattr(self, what) >= 0:
+                return f"probe.{what}: expected a non-negative number"
+        if not 0.1 <= self.interval_seconds <= 600:
+            return "probe.interval_seconds: expected 0.1 to 600"
+        return None
+
+
+class ProbeTarget(BaseModel):
+    """One replica the serving loop probes."""
+
+    id: int
+    address: str  # host:port
+    # In the rotation as far as the workflow knows (READY).
+    ready: bool
+    probe: ProbeSpec = Field(default_factory=ProbeSpec)
+
+
+class ServeInput(BaseModel):
+    """Probe a service's replicas and keep its load balancer's upstreams to the READY ones,
+    until a replica's readiness changes or `report_seconds` pass."""
+
+    service: str
+    # The load balancer's port for the service (None: the first call picks one).
+    lb_port: int | None = None
+    policy: str = "least_load"
+    # Replicas to probe; one not listed (draining, gone) takes no more traffic.
+    replicas: list[ProbeTarget] = Field(default_factory=list)
+    report_seconds: float = 5.0
+    # Grows with each call for the service: a loop that a newer one replaced stops
+    # touching the load balancer at once, before its cancellation reaches it.
+    generation: int = 0
+
+
+class ReplicaProbe(BaseModel):
+    id: int
+    ready: bool
+    # Why the probe failed (status, timeout, refused), for the replica's reason.
+    error: str | None = None
+
+
+class ServeReport(BaseModel):
+    lb_host: str
+    lb_port: int
+    # Replicas whose readiness is not what the input said.
+    changes: list[ReplicaProbe] = Field(default_factory=list)
+    # The load balancer's request counter for the service (from 0 after its restart).
+    requests: int = 0
+
+
+class ServiceRef(BaseModel):
+    service: str
+
+
 def job_dir(node: NodeInfo, job_id: int) -> str:
     return f"{node.root}/jobs/{job_id}"
 
@@ -474,3 +556,5 @@ SHOW_GPUS: Activity[ShowGpusInput, GpuReport] = Activity("show_gpus", GpuReport)
 REFRESH_CATALOG: Activity[RefreshCatalogInput, RefreshCatalogReport] = Activity(
     "refresh_catalog", RefreshCatalogReport
 )
+SERVE_REPLICAS: Activity[ServeInput, ServeReport] = Activity("serve_replicas", ServeReport)
+REMOVE_LOAD_BALANCER: Activity[ServiceRef, None] = Activity("remove_load_balancer")

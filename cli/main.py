@@ -40,6 +40,7 @@ def run_with_client(fn: Callable[[SkyloomClient], Awaitable[Any]]) -> Any:
         ClusterNotFound,
         JobNotFound,
         Rejected,
+        ServiceNotFound,
         SkyloomClient,
         WorkerError,
     )
@@ -53,7 +54,7 @@ def run_with_client(fn: Callable[[SkyloomClient], Awaitable[Any]]) -> Any:
         return asyncio.run(go())
     except EngineUnreachable as e:
         _fail(str(e), EXIT_ENGINE)
-    except (ClusterNotFound, JobNotFound, Rejected) as e:
+    except (ClusterNotFound, JobNotFound, ServiceNotFound, Rejected) as e:
         _fail(str(e), EXIT_BAD_INPUT)
     except WorkerError as e:
         bad = e.kind in (ErrorKind.INVALID_SPEC.value, ErrorKind.NOT_SUPPORTED.value)
@@ -486,6 +487,120 @@ def jobs_cancel(job_ids: tuple[int, ...], all_jobs: bool, yes: bool) -> None:
     if not job_ids and not all_jobs:
         raise BadInput("give JOB_ID(s) or --all")
     body.cancel(job_ids, all_jobs=all_jobs, yes=yes)
+
+
+# ---- serving -----------------------------------------------------------------------------------
+
+
+@cli.group()
+def serve() -> None:
+    """Services: replicas of a task behind a load balancer, autoscaled and updated live."""
+
+
+def _serve_overrides(infra: str | None, use_spot: bool | None) -> dict[str, Any]:
+    return dict(infra=infra, use_spot=use_spot)
+
+
+@serve.command("up")
+@click.argument("service_yaml")
+@click.option("-n", "--service-name", "name", help="Service name (default: the task's name).")
+@click.option("-d", "--detach-run", "detach", is_flag=True, help="Return once it has an endpoint.")
+@click.option("-y", "--yes", is_flag=True, help="Skip confirmation.")
+@click.option("--infra", help=INFRA_HELP)
+@click.option("--use-spot/--no-use-spot", default=None, help="Replicas on spot instances.")
+@click.option("--env", "envs", multiple=True, help="KEY=VALUE (or KEY from the environment).")
+@click.option("--secret", "secrets", multiple=True, help="KEY=VALUE secret, never displayed.")
+def serve_up(
+    service_yaml: str,
+    name: str | None,
+    detach: bool,
+    yes: bool,
+    infra: str | None,
+    use_spot: bool | None,
+    envs: tuple[str, ...],
+    secrets: tuple[str, ...],
+) -> None:
+    """Start a service from SERVICE_YAML (a task with a `service:` section): print its
+    endpoint and wait until a replica is READY."""
+    from skyloom.cli import serve as body
+
+    body.up(
+        service_yaml,
+        name=name,
+        detach=detach,
+        yes=yes,
+        overrides=_serve_overrides(infra, use_spot),
+        envs=_pairs(envs, "--env", True),
+        secrets=_pairs(secrets, "--secret", True),
+    )
+
+
+@serve.command("status")
+@click.argument("services", nargs=-1)
+@_output_option
+def serve_status(services: tuple[str, ...], output: str) -> None:
+    """Services with their endpoint and replicas (all running ones by default)."""
+    from skyloom.cli import serve as body
+
+    body.status(services, as_json=output == "json")
+
+
+@serve.command("update")
+@click.argument("service")
+@click.argument("service_yaml")
+@click.option("--mode", type=click.Choice(["rolling", "blue_green"]), default="rolling",
+              help="rolling: old replicas drain as new ones are READY; blue_green: all at once "
+              "when every new one is.")  # fmt: skip
+@click.option("-y", "--yes", is_flag=True, help="Skip confirmation.")
+@click.option("--infra", help=INFRA_HELP)
+@click.option("--use-spot/--no-use-spot", default=None, help="Replicas on spot instances.")
+@click.option("--env", "envs", multiple=True, help="KEY=VALUE (or KEY from the environment).")
+@click.option("--secret", "secrets", multiple=True, help="KEY=VALUE secret, never displayed.")
+def serve_update(
+    service: str,
+    service_yaml: str,
+    mode: str,
+    yes: bool,
+    infra: str | None,
+    use_spot: bool | None,
+    envs: tuple[str, ...],
+    secrets: tuple[str, ...],
+) -> None:
+    """Roll SERVICE to a new version from SERVICE_YAML, with no request dropped."""
+    from skyloom.cli import serve as body
+
+    body.update(
+        service,
+        service_yaml,
+        mode=mode,
+        yes=yes,
+        overrides=_serve_overrides(infra, use_spot),
+        envs=_pairs(envs, "--env", True),
+        secrets=_pairs(secrets, "--secret", True),
+    )
+
+
+@serve.command("down")
+@click.argument("services", nargs=-1)
+@click.option("-a", "--all", "all_", is_flag=True, help="Every running service.")
+@click.option("-y", "--yes", is_flag=True, help="Skip confirmation.")
+def serve_down(services: tuple[str, ...], all_: bool, yes: bool) -> None:
+    """Take services down: replicas released, endpoints closed."""
+    from skyloom.cli import serve as body
+
+    body.down(services, all_=all_, yes=yes)
+
+
+@serve.command("logs")
+@click.argument("service")
+@click.argument("replica_id", type=int, required=False)
+@click.option("--load-balancer", is_flag=True, help="What entered and left the rotation.")
+@click.option("--follow/--no-follow", default=True, help="Keep streaming.")
+def serve_logs(service: str, replica_id: int | None, load_balancer: bool, follow: bool) -> None:
+    """A replica's output, or (no REPLICA_ID) the service's own log."""
+    from skyloom.cli import serve as body
+
+    body.logs(service, replica_id, load_balancer=load_balancer, follow=follow)
 
 
 @cli.group()

@@ -220,3 +220,41 @@ def gpu_offers(rows: list[dict]) -> None:
             for r in rows
         ],
     )
+
+
+def services(rows: list[dict]) -> None:
+    if not rows:
+        print("No live services.")
+        return
+    _table(
+        "Services",
+        ["NAME", "VERSION", "STATUS", "REPLICAS", "QPS", "ENDPOINT"],
+        [
+            [
+                r["name"],
+                str(r["version"]),
+                r["status"],
+                f"{sum(1 for x in r['replicas'] if x['status'] == 'READY')}/{r['target_replicas']}",
+                f"{r['qps']:g}",
+                r["endpoint"] or "-",
+            ]
+            for r in rows
+        ],
+    )
+    _table(
+        "Service Replicas",
+        ["SERVICE", "ID", "VERSION", "STATUS", "INFRA", "SPOT", "ADDRESS"],
+        [
+            [
+                r["name"],
+                str(x["id"]),
+                str(x["version"]),
+                x["status"],
+                x["infra"] or "-",
+                "yes" if x["spot"] else "no",
+                x["address"] or "-",
+            ]
+            for r in rows
+            for x in r["replicas"]
+        ],
+    )

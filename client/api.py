@@ -42,6 +42,7 @@ from skyloom.workflows.models import (
     JOB_IDS_WORKFLOW,
     JOB_IDS_WORKFLOW_ID,
     MANAGED_JOB_WORKFLOW,
+    SERVICE_WORKFLOW,
     SESSION_WORKFLOW,
     TASK_QUEUE,
     AutostopConfig,
@@ -53,25 +54,35 @@ from skyloom.workflows.models import (
     ClusterStatus,
     ClusterUpdate,
     DownInput,
+    DownServiceInput,
     JobSpec,
     ManagedJobInput,
     ManagedJobStatus,
     ManagedJobView,
     ManagedTask,
     PreemptRequest,
+    ServiceInput,
+    ServiceSpec,
+    ServiceStatus,
+    ServiceUpdate,
+    ServiceView,
     SessionInput,
     SessionUpdate,
     StartInput,
     StopInput,
     SubmitJobInput,
     SubmitJobResult,
+    UpdateServiceInput,
+    UpdateServiceResult,
     cluster_workflow_id,
     managed_job_workflow_id,
+    service_workflow_id,
 )
 from skyloom.workflows.recovery import RecoveryPolicy
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
+    WorkflowExecutionStatus,
     WorkflowHandle,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
@@ -90,6 +101,10 @@ WORKER_WAIT_SECONDS = 90.0
 
 
 class ClusterNotFound(LookupError):
+    pass
+
+
+class ServiceNotFound(LookupError):
     pass
 
 
@@ -528,6 +543,98 @@ class SkyloomClient:
             return False
         await self.client.get_workflow_handle(managed_job_workflow_id(job_id)).signal(CANCEL_SIGNAL)
         return True
+
+    # -- services ------------------------------------------------------------------------
+
+    async def serve_up(self, name: str, spec: ServiceSpec) -> str:
+        """Start service `name` (its workflow id); Rejected when one of that name runs."""
+        wid = service_workflow_id(name)
+        infra = spec.task.candidates[0].infra
+        try:
+            await self.client.start_workflow(
+                SERVICE_WORKFLOW,
+                ServiceInput(name=name, spec=spec, user=user()),
+                id=wid,
+                task_queue=TASK_QUEUE,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                search_attributes=_search_attributes(
+                    "service", name, ServiceStatus.REPLICA_INIT.value, infra
+                ),
+                memo={"endpoint": None, "version": 1},
+                static_summary=f"service {name}: replicas on {infra}",
+            )
+        except RPCError as e:
+            if e.status == RPCStatusCode.ALREADY_EXISTS:
+                raise Rejected(
+                    f"service {name!r} already exists; `skyloom serve update {name} ...` "
+                    "changes it, `skyloom serve down` removes it"
+                ) from e
+            raise
+        return wid
+
+    def _service(self, name: str) -> WorkflowHandle:
+        return self.client.get_workflow_handle(service_workflow_id(name))
+
+    async def describe_service(self, name: str) -> ServiceView:
+        try:
+            view = await self._service(name).query(DESCRIBE_QUERY, result_type=ServiceView)
+        except RPCError as e:
+            if e.status == RPCStatusCode.NOT_FOUND:
+                raise ServiceNotFound(f"service {name!r} not found") from e
+            raise
+        if view.status is ServiceStatus.DOWN:
+            # Its last run answers queries still; a service that is down is no more.
+            raise ServiceNotFound(f"service {name!r} not found (it is down)")
+        return view
+
+    async def service_names(self) -> list[str]:
+        """Every running service, from one visibility query."""
+        names = []
+        query = 'SkyloomKind="service" AND ExecutionStatus="Running"'
+        async for ex in self.client.list_workflows(query):
+            names.append(ex.typed_search_attributes.get(search.SA_NAME) or ex.id[8:])
+        return sorted(names)
+
+    async def list_services(self, names: list[str] | None = None) -> list[ServiceView]:
+        """The named services (every running one when None), each asked for its state."""
+        wanted = names if names else await self.service_names()
+        views = await asyncio.gather(*(self.describe_service(n) for n in wanted))
+        return list(views)
+
+    async def _service_update(self, name: str, update: str, arg: object, result: type) -> object:
+        try:
+            return await self._service(name).execute_update(update, arg, result_type=result)
+        except WorkflowUpdateFailedError as e:
+            raise Rejected(str(e.cause.message if hasattr(e.cause, "message") else e.cause)) from e
+        except RPCError as e:
+            if e.status == RPCStatusCode.NOT_FOUND:
+                raise ServiceNotFound(f"service {name!r} not found") from e
+            raise
+
+    async def update_service(self, name: str, spec: ServiceSpec, mode: str) -> int:
+        res = await self._service_update(
+            name,
+            ServiceUpdate.UPDATE,
+            UpdateServiceInput(spec=spec, mode=mode),
+            UpdateServiceResult,
+        )
+        assert isinstance(res, UpdateServiceResult)
+        return res.version
+
+    async def down_service(self, name: str) -> ServiceView:
+        """Take the service down: every replica released, its endpoint closed."""
+        handle = self._service(name)
+        try:
+            desc = await handle.describe()
+        except RPCError as e:
+            if e.status == RPCStatusCode.NOT_FOUND:
+                raise ServiceNotFound(f"service {name!r} not found") from e
+            raise
+        if desc.status != WorkflowExecutionStatus.RUNNING:
+            raise ServiceNotFound(f"service {name!r} not found (it is down)")
+        res = await self._service_update(name, ServiceUpdate.DOWN, DownServiceInput(), ServiceView)
+        assert isinstance(res, ServiceView)
+        return res
 
 
 def _search_attributes(kind: str, name: str, status: str, infra: str) -> TypedSearchAttributes:

@@ -12,10 +12,13 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from skyloom.activities.cluster import ClusterActivities, Providers
+from skyloom.activities.serve.lb import LoadBalancer
+from skyloom.activities.serve.replicas import ServeActivities
 from skyloom.activities.watch import WatchActivities
 from skyloom.client.config import EngineTarget, external_target, home
 from skyloom.client.connection import connect
@@ -30,6 +33,7 @@ from skyloom.workflows.models import (
     WatcherInput,
     watcher_workflow_id,
 )
+from skyloom.workflows.service import ServiceWorkflow
 from skyloom.workflows.session import SessionWorkflow
 from skyloom.workflows.watch import WatcherWorkflow
 from temporalio.client import Client
@@ -55,7 +59,35 @@ MAX_CACHED_WORKFLOWS = int(os.environ.get("SKYLOOM_MAX_CACHED_WORKFLOWS", "12000
 MAX_WORKFLOW_TASKS = int(os.environ.get("SKYLOOM_MAX_WORKFLOW_TASKS", "20"))
 
 
-WORKFLOWS = [ClusterWorkflow, ManagedJobWorkflow, JobIdsWorkflow, WatcherWorkflow, SessionWorkflow]
+WORKFLOWS = [
+    ClusterWorkflow,
+    ManagedJobWorkflow,
+    ServiceWorkflow,
+    JobIdsWorkflow,
+    WatcherWorkflow,
+    SessionWorkflow,
+]
+
+
+class LBConfig:
+    """Where services' load balancer is and how its endpoints are reached, from the
+    environment: SKYLOOM_LB_ADMIN (a Caddy's admin API run on its own, as in
+    docker-compose; unset: this worker runs one beside itself), SKYLOOM_LB_LISTEN (the
+    address endpoints listen on, default 127.0.0.1), SKYLOOM_LB_HOST (the host users are
+    told, default the listen address) and SKYLOOM_LB_PORTS (default 30001-30100)."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.admin = env.get("SKYLOOM_LB_ADMIN") or None
+        self.listen = env.get("SKYLOOM_LB_LISTEN") or "127.0.0.1"
+        public = env.get("SKYLOOM_LB_HOST") or self.listen
+        self.public_host = socket.gethostname() if public in ("0.0.0.0", "::") else public
+        first, _, last = (env.get("SKYLOOM_LB_PORTS") or "30001-30100").partition("-")
+        try:
+            self.ports = range(int(first), int(last or first) + 1)
+        except ValueError:
+            raise SystemExit(
+                f"SKYLOOM_LB_PORTS={env['SKYLOOM_LB_PORTS']!r}: expected a range like 30001-30100"
+            ) from None
 
 
 async def run_worker(target: EngineTarget, state: Path, ready_file: Path | None = None) -> None:
@@ -70,6 +102,16 @@ async def run_worker(target: EngineTarget, state: Path, ready_file: Path | None 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    lb_config = LBConfig(dict(os.environ))
+    caddy = None
+    if lb_config.admin is None:
+        from skyloom.worker.lb import CaddyProcess
+
+        caddy = CaddyProcess(state / "lb")
+        await caddy.start()
+    admin = lb_config.admin or (caddy.admin_url if caddy else "")
+    lb = LoadBalancer(admin, listen_host=lb_config.listen, ports=lb_config.ports)
+    serving = ServeActivities(lb, lb_config.public_host)
     # The watchers' sweep interval (how late an ending is noticed, on average half of it;
     # slow sweeps stretch it, see Watcher.pause_after); 0: this worker runs no watcher.
     interval = float(os.environ.get("SKYLOOM_WATCH_SECONDS", "0.25"))
@@ -78,7 +120,7 @@ async def run_worker(target: EngineTarget, state: Path, ready_file: Path | None 
             client,
             task_queue=TASK_QUEUE,
             workflows=WORKFLOWS,
-            activities=activities.all(),
+            activities=[*activities.all(), *serving.all()],
             activity_executor=pool,
             max_concurrent_activities=MAX_ACTIVITIES,
             max_cached_workflows=MAX_CACHED_WORKFLOWS,
@@ -100,10 +142,16 @@ async def run_worker(target: EngineTarget, state: Path, ready_file: Path | None 
                 )
                 if ready_file is not None:
                     ready_file.write_text(str(os.getpid()))
+                if caddy is not None:
+                    # A dead load balancer is started again; the serving loops resync it.
+                    await caddy.supervise(stop)
                 await stop.wait()
         finally:
             for p in providers.all():
                 p.close()
+            await lb.aclose()
+            if caddy is not None:
+                await caddy.close()
 
 
 async def start_watchers(client: Client, providers: Providers) -> None:

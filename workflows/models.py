@@ -24,9 +24,11 @@ from skyloom.activities.models import (
     ClusterRef,
     LaunchAttempt,
     Observation,
+    ProbeSpec,
 )
 from skyloom.activities.models import OBSERVE_SIGNAL as OBSERVE_SIGNAL
 from skyloom.spec.names import name_problem
+from skyloom.workflows.autoscaler import ScalePolicy, ScaleState
 from skyloom.workflows.recovery import RecoveryPolicy
 
 TASK_QUEUE = "skyloom"
@@ -476,3 +478,218 @@ class PreemptRequest(BaseModel):
     def problems(self) -> str | None:
         problem = name_problem(self.cluster)
         return f"cluster: {problem}" if problem else _infra_problem(self.infra, "infra")
+
+
+# ---- services --------------------------------------------------------------------------
+
+SERVICE_WORKFLOW = "ServiceWorkflow"
+MAX_REPLICAS = 64
+
+
+class ServiceUpdate(StrEnum):
+    UPDATE = "update"
+    DOWN = "down"
+
+
+def service_workflow_id(name: str) -> str:
+    return f"service-{name}"
+
+
+class ServiceStatus(StrEnum):
+    """SkyServe's service states (CONTROLLER_INIT and CONTROLLER_FAILED have no meaning
+    here: the controller is the workflow)."""
+
+    REPLICA_INIT = "REPLICA_INIT"  # replicas launching, none READY yet
+    READY = "READY"  # at least one replica takes traffic
+    NO_REPLICA = "NO_REPLICA"  # none wanted (min_replicas 0), or all gone
+    SHUTTING_DOWN = "SHUTTING_DOWN"
+    FAILED = "FAILED"  # the current version keeps failing; `serve update` to fix
+    FAILED_CLEANUP = "FAILED_CLEANUP"  # down could not release every replica
+    DOWN = "DOWN"  # the workflow's last word, after which it is no longer listed
+
+
+class ReplicaStatus(StrEnum):
+    PENDING = "PENDING"  # waiting to be launched (a retry gap)
+    PROVISIONING = "PROVISIONING"
+    STARTING = "STARTING"  # setup, then the run command, until its first good probe
+    READY = "READY"
+    NOT_READY = "NOT_READY"  # failed a probe after being READY: out of rotation
+    SHUTTING_DOWN = "SHUTTING_DOWN"  # out of rotation, draining, then released
+    FAILED = "FAILED"  # its run command exited
+    FAILED_INITIAL_DELAY = "FAILED_INITIAL_DELAY"  # never READY within initial_delay_seconds
+    FAILED_PROBING = "FAILED_PROBING"  # NOT_READY for too long
+    FAILED_PROVISION = "FAILED_PROVISION"  # no placement had capacity
+    FAILED_SETUP = "FAILED_SETUP"
+    PREEMPTED = "PREEMPTED"
+
+    @property
+    def alive(self) -> bool:
+        """Counts towards the replicas wanted (launching, serving, or nearly)."""
+        return self in _REPLICA_ALIVE
+
+    @property
+    def failed(self) -> bool:
+        return self.value.startswith("FAILED") or self is ReplicaStatus.PREEMPTED
+
+
+_REPLICA_ALIVE = {
+    ReplicaStatus.PENDING,
+    ReplicaStatus.PROVISIONING,
+    ReplicaStatus.STARTING,
+    ReplicaStatus.READY,
+    ReplicaStatus.NOT_READY,
+}
+
+
+class ServiceSpec(BaseModel):
+    """One version of a service: what each replica runs, and around it."""
+
+    task: ManagedTask
+    # The port each replica serves on (service.ports, else the task's resources.ports).
+    port: int
+    probe: ProbeSpec = Field(default_factory=ProbeSpec)
+    policy: ScalePolicy = Field(default_factory=lambda: ScalePolicy.fixed(1))
+    load_balancing_policy: str = "least_load"
+    # Replicas run on spot nodes (the task's use_spot).
+    spot: bool = False
+
+    def problems(self) -> str | None:
+        if not 1 <= self.port <= 65535:
+            return f"port: expected 1 to 65535, got {self.port}"
+        if self.load_balancing_policy not in ("round_robin", "least_load"):
+            return (
+                f"load_balancing_policy: expected round_robin or least_load, "
+                f"got {self.load_balancing_policy!r}"
+            )
+        top = self.policy.max_replicas if self.policy.max_replicas is not None else 0
+        if max(self.policy.min_replicas, top) > MAX_REPLICAS:
+            return f"replica_policy: at most {MAX_REPLICAS} replicas"
+        if not self.task.candidates:
+            return "task.candidates: expected at least one place to run"
+        return (
+            self.probe.problems()
+            or self.task.spec.problems()
+            or _candidates_problem(self.task.candidates)
+        )
+
+
+class ReplicaView(BaseModel):
+    id: int
+    version: int
+    status: ReplicaStatus
+    cluster: str
+    infra: str | None = None
+    spot: bool = False
+    # host:port the load balancer sends requests to, once known.
+    address: str | None = None
+    launched_at: datetime | None = None
+    # When its run command started (initial_delay_seconds counts from here).
+    started_at: datetime | None = None
+    ready_at: datetime | None = None
+    reason: str | None = None
+    handle: ClusterHandle | None = None
+
+
+class ServiceView(BaseModel):
+    name: str
+    status: ServiceStatus
+    # http://host:port of the load balancer, once it has a port.
+    endpoint: str | None = None
+    version: int = 1
+    # The replicas alive now and the last few that ended (newest last).
+    replicas: list[ReplicaView] = Field(default_factory=list)
+    target_replicas: int = 0
+    qps: float = 0.0
+    load_balancing_policy: str = "least_load"
+    reason: str | None = None
+    started_at: datetime | None = None
+    events: list[str] = Field(default_factory=list)
+
+
+class ServiceState(BaseModel):
+    """Everything a service knows; carried whole when it continues as new."""
+
+    view: ServiceView
+    # Versions with replicas alive, and the current one (the last).
+    versions: dict[int, ServiceSpec] = Field(default_factory=dict)
+    update_mode: str = "rolling"
+    next_replica_id: int = 1
+    replicas: dict[int, ReplicaView] = Field(default_factory=dict)
+    # Clusters launched (or being launched) and not yet released, by replica id.
+    live: dict[int, ClusterRef] = Field(default_factory=dict)
+    # Replicas that ended (newest last, a few kept to show why).
+    ended: list[ReplicaView] = Field(default_factory=list)
+    # When a NOT_READY replica started failing; when a draining one is released; when
+    # a replica may be launched again after a failure.
+    failing_since: dict[int, datetime] = Field(default_factory=dict)
+    release_at: dict[int, datetime] = Field(default_factory=dict)
+    retry_at: datetime | None = None
+    # Failures of the current version in a row with none READY (FAILED past a few), and
+    # the versions that had a replica READY.
+    failures_in_a_row: int = 0
+    ready_versions: list[int] = Field(default_factory=list)
+    serve_generation: int = 0
+    scale: ScaleState | None = None
+    # The load balancer's last request counter (it counts from 0 again after a restart).
+    requests_seen: int = 0
+    lb_host: str | None = None
+    lb_port: int | None = None
+    observed: list[Observation] = Field(default_factory=list)
+    down_requested: bool = False
+
+
+class ServiceInput(BaseModel):
+    name: str
+    spec: ServiceSpec
+    user: str = ""
+    # How often the load balancer's request count comes back when autoscaling (and when
+    # not: only to show QPS).
+    report_seconds: float = 5.0
+    idle_report_seconds: float = 30.0
+    # A replica is released this long after it leaves the rotation (in-flight requests).
+    drain_seconds: float = 2.0
+    # Between launches of a replica after its version failed (doubling, capped).
+    retry_launch_seconds: float = 5.0
+    # Consecutive failures of a version (none READY) before the service is FAILED.
+    max_failures: int = 3
+    check_every_seconds: float = 1800.0
+    continue_after_events: int | None = None
+    carried: ServiceState | None = None
+
+    def problems(self, workflow_id: str | None = None) -> str | None:
+        problem = name_problem(self.name)
+        if problem:
+            return f"name: {problem}"
+        if workflow_id is not None and workflow_id != service_workflow_id(self.name):
+            return f"workflow id {workflow_id!r}: expected {service_workflow_id(self.name)!r}"
+        for what in ("report_seconds", "idle_report_seconds", "retry_launch_seconds"):
+            if not 1 <= getattr(self, what) <= 3600:
+                return f"{what}: expected 1 to 3600"
+        if not 0 <= self.drain_seconds <= 600:
+            return "drain_seconds: expected 0 to 600"
+        if self.max_failures < 1:
+            return "max_failures: expected at least 1"
+        timing = _timing_problem(self.check_every_seconds, None, self.continue_after_events)
+        if timing:
+            return timing
+        problem = self.spec.problems()
+        return f"spec.{problem}" if problem else None
+
+
+class UpdateServiceInput(BaseModel):
+    spec: ServiceSpec
+    mode: str = "rolling"
+
+    def problems(self) -> str | None:
+        if self.mode not in ("rolling", "blue_green"):
+            return f"mode: expected rolling or blue_green, got {self.mode!r}"
+        problem = self.spec.problems()
+        return f"spec.{problem}" if problem else None
+
+
+class UpdateServiceResult(BaseModel):
+    version: int
+
+
+class DownServiceInput(BaseModel):
+    pass

@@ -9,6 +9,7 @@ import json
 import os
 import shlex
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from functools import partial
@@ -35,6 +36,8 @@ from skyloom.activities.runners import LocalRunner, Runner
 # A local node is a process group on this machine: more than this many in one cluster is
 # a typo (`--num-nodes 99999`), not a plan.
 MAX_NODES = 32
+# Ports of a range mapped to free ports of this machine (see _map_ports).
+MAX_MAPPED_PORTS = 16
 
 _CAPABILITIES = frozenset(
     {
@@ -106,8 +109,18 @@ class LocalProvider(Provider):
             meta = d / "node.json"
             if not meta.exists():
                 # The tag file is the idempotency key: a rerun finds the node, never doubles it.
-                meta.write_text(json.dumps({"cluster": req.cluster, "rank": rank, "owner": owner}))
-            nodes.append(NodeInfo(rank=rank, node_id=f"{req.cluster}-{rank}", root=str(d)))
+                tags = {"cluster": req.cluster, "rank": rank, "owner": owner}
+                tags["ports"] = _map_ports(req.resources.get("ports"))
+                meta.write_text(json.dumps(tags))
+            ports = json.loads(meta.read_text()).get("ports") or {}
+            nodes.append(
+                NodeInfo(
+                    rank=rank,
+                    node_id=f"{req.cluster}-{rank}",
+                    root=str(d),
+                    ports={int(k): int(v) for k, v in ports.items()},
+                )
+            )
         return ClusterHandle(
             cluster=req.cluster,
             infra="local",
@@ -227,6 +240,22 @@ class LocalProvider(Provider):
                             )
         sweep.end()
         return out
+
+
+def _map_ports(asked: Any) -> dict[str, int]:
+    """A free port of this machine for each port the task opens: every local node shares
+    the machine, so two replicas of a service cannot both listen on 8080. Jobs find theirs
+    in NodeInfo.ports (a service replica gets it as SKYLOOM_REPLICA_PORT)."""
+    out: dict[str, int] = {}
+    for spec in asked or []:
+        first, _, last = str(spec).partition("-")
+        if not first.isdigit() or (last and not last.isdigit()):
+            continue
+        for port in range(int(first), int(last or first) + 1)[:MAX_MAPPED_PORTS]:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                out[str(port)] = s.getsockname()[1]
+    return out
 
 
 def _nodes_of(cdir: Path) -> list[NodeInfo]:

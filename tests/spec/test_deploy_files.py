@@ -39,3 +39,21 @@ def test_kubernetes_worker_manifest_parses():
     assert deployment["kind"] == "Deployment"
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert {e["name"] for e in container["env"]} >= {"TEMPORAL_ADDRESS", "SKYLOOM_SECRETS_KEY"}
+
+
+def test_compose_runs_the_load_balancer_the_workers_configure():
+    import json
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    lb, worker = compose["services"]["lb"], compose["services"]["worker"]
+    config_file = lb["volumes"][0].split(":")[0]
+    config = json.loads((ROOT / config_file).read_text())
+    # The workers reach the admin API inside the network; it is never published.
+    admin_port = config["admin"]["listen"].rsplit(":", 1)[1]
+    assert worker["environment"]["SKYLOOM_LB_ADMIN"] == f"http://lb:{admin_port}"
+    assert f"lb:{admin_port}" in config["admin"]["origins"]
+    assert not any(str(p).startswith(admin_port) for p in lb["ports"])
+    # The endpoints' ports are published, and are the ones the workers hand out.
+    assert lb["ports"] == [f"{worker['environment']['SKYLOOM_LB_PORTS']}:"
+                           f"{worker['environment']['SKYLOOM_LB_PORTS']}"]  # fmt: skip
+    assert lb["restart"] == "unless-stopped"  # a dead load balancer comes back

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from skyloom.activities import models as activity_models
 from skyloom.workflows import models
-from skyloom.workflows.models import ClusterUpdate, SessionUpdate
+from skyloom.workflows.models import ClusterUpdate, ServiceUpdate, SessionUpdate
 
 DOC = Path(__file__).parents[2] / "docs" / "workflows.md"
 EXAMPLE = re.compile(r"<!-- model: (\w+) -->\s*```json\n(.*?)```", re.S)
@@ -23,7 +23,14 @@ def examples() -> list[tuple[str, str]]:
 
 def test_the_page_has_examples_of_every_input_a_client_sends():
     marked = {name for name, _ in examples()}
-    assert {"ClusterInput", "SubmitJobInput", "ManagedJobInput", "ClusterDescription"} <= marked
+    assert {
+        "ClusterInput",
+        "SubmitJobInput",
+        "ManagedJobInput",
+        "ClusterDescription",
+        "ServiceInput",
+        "UpdateServiceInput",
+    } <= marked
 
 
 @pytest.mark.parametrize("name,body", examples(), ids=lambda v: v if len(v) < 30 else "")
@@ -47,7 +54,9 @@ def test_the_documented_names_are_the_code_names():
         models.CANCEL_SIGNAL,
         models.CLOSE_SIGNAL,
         models.OBSERVE_SIGNAL,
+        models.SERVICE_WORKFLOW,
         *ClusterUpdate,
+        *ServiceUpdate,
         *SessionUpdate,
     ):
         assert f"`{name}`" in text, f"{name} is not documented in {DOC.name}"

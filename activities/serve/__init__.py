@@ -1,0 +1,1 @@
+"""Serving: the load balancer and the replicas' readiness probes."""
