@@ -225,7 +225,7 @@ class ServiceWorkflow:
         cur_version = max(self.s.versions)
         cur = self.s.versions[cur_version]
         for r in list(self.s.replicas.values()):
-            self._check_replica(r, now, cur.probe.failure_timeout_seconds)
+            self._check_replica(r, now)
         scale = self._scale()
         self.s.scale = autoscaler.decide(cur.policy, scale, now)
         self.view.target_replicas = target = self.s.scale.target
@@ -247,11 +247,11 @@ class ServiceWorkflow:
         ready_new = sum(1 for r in mine if r.status is R.READY)
         old = [r for r in alive if r.version != cur_version]
         if self.s.update_mode == "blue_green" and ready_new < target:
-            keep = len(old)
+            keeping = {r.id for r in old}
         else:
             keep = max(0, target - ready_new)
-        old_ready = sorted((r for r in old if r.status is R.READY), key=_rid)
-        keeping = {r.id for r in old_ready[len(old_ready) - keep :]} if keep else set()
+            old_ready = sorted((r for r in old if r.status is R.READY), key=_rid)
+            keeping = {r.id for r in old_ready[len(old_ready) - keep :]} if keep else set()
         for r in old:
             if r.id not in keeping:
                 self._drain(r, f"version {cur_version} replaces it")
@@ -261,10 +261,11 @@ class ServiceWorkflow:
         self._prune_versions()
         self._set_status()
 
-    def _check_replica(self, r: ReplicaView, now: datetime, failure_timeout: float) -> None:
+    def _check_replica(self, r: ReplicaView, now: datetime) -> None:
         if not r.status.alive or r.handle is None:
             return
         spec = self.s.versions[r.version]
+        failure_timeout = spec.probe.failure_timeout_seconds
         if self.phases.preempted(r.handle):
             self._fail(r, R.PREEMPTED, "its nodes were preempted")
         elif r.started_at is not None:
@@ -630,15 +631,15 @@ class ServiceWorkflow:
     async def _shut_down(self) -> None:
         self._set_status()
         await self._stop_serving()
-        # Launches stop at their next step (their Launcher sees the down), then every
-        # cluster goes.
+        # Launches stop at their next step (their Launcher sees the down, and they start
+        # no server on a replica that is shutting down), then every cluster goes.
+        for r in self.s.replicas.values():
+            if r.status.alive:
+                r.status, r.reason = R.SHUTTING_DOWN, "service down"
         if self.busy:
             await asyncio.gather(*self.busy.values(), return_exceptions=True)
         with contextlib.suppress(ActivityError):
             await calls.QUICK.run(m.REMOVE_LOAD_BALANCER, ServiceRef(service=self.inp.name))
-        for r in self.s.replicas.values():
-            if r.status.alive:
-                r.status, r.reason = R.SHUTTING_DOWN, "service down"
         for _ in range(_RELEASE_TRIES):
             rids = list(self.s.replicas)
             await asyncio.gather(*(self._release(rid) for rid in rids))

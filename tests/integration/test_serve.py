@@ -40,6 +40,7 @@ class H(BaseHTTPRequestHandler):
             code = 503 if (ctl / f"sick-{rid}").exists() else 200
             return self.reply(code, b"sick" if code != 200 else b"ok")
         if self.path.startswith("/slow"):
+            (ctl / f"busy-{rid}").touch()
             time.sleep(float(self.path.split("=")[-1]) if "=" in self.path else 3)
         self.reply(200, f"replica={rid} version={version}".encode())
     def reply(self, code, body):
@@ -256,13 +257,17 @@ def test_least_load_prefers_the_idle_replica(sky: Sky, app: Path, down):
     endpoint = up(sky, path, name, down)
     wait_until(lambda: len(ready(sky, name)) == 2, 60, "two replicas READY")
     busy: list[int] = []
-    slow = threading.Thread(target=lambda: busy.append(replica_of(get(endpoint + "/slow?s=4"))))
+    slow = threading.Thread(target=lambda: busy.append(replica_of(get(endpoint + "/slow?s=4", 30))))
     slow.start()
-    time.sleep(0.5)  # the slow request has reached a replica and holds it
+    # The slow request has reached a replica and holds it.
+    wait_until(lambda: list((app / "ctl").glob("busy-*")), 30, "the slow request held")
     seen = Counter(replica_of(get(endpoint + "/")) for _ in range(20))
     slow.join()
-    assert len(seen) == 1, seen  # every quick request went to one replica: the idle one
-    assert busy and busy[0] not in seen
+    (held,) = busy
+    # Round robin would give the held replica 10 of 20; least_load sends nearly all to the
+    # idle one (Caddy's least_conn was seen to send 1 or 2 of 20 to the held one under a
+    # full, loaded test run).
+    assert seen[held] <= 4 and seen[held] < seen.total() - seen[held], seen
 
 
 def test_rolling_update_drops_no_request(sky: Sky, app: Path, down):
