@@ -286,14 +286,13 @@ class SkyloomClient:
         return self.client.get_workflow_handle(cluster_workflow_id(name))
 
     async def _update(self, name: str, update: str, arg: object, result_type: type) -> object:
-        try:
-            return await self._handle(name).execute_update(update, arg, result_type=result_type)
-        except WorkflowUpdateFailedError as e:
-            raise Rejected(str(e.cause.message if hasattr(e.cause, "message") else e.cause)) from e
-        except RPCError as e:
-            if e.status == RPCStatusCode.NOT_FOUND:
-                raise ClusterNotFound(f"cluster {name!r} not found") from e
-            raise
+        return await _execute_update(
+            self._handle(name),
+            update,
+            arg,
+            result_type,
+            ClusterNotFound(f"cluster {name!r} not found"),
+        )
 
     # -- clusters ------------------------------------------------------------------------
 
@@ -602,14 +601,9 @@ class SkyloomClient:
         return list(views)
 
     async def _service_update(self, name: str, update: str, arg: object, result: type) -> object:
-        try:
-            return await self._service(name).execute_update(update, arg, result_type=result)
-        except WorkflowUpdateFailedError as e:
-            raise Rejected(str(e.cause.message if hasattr(e.cause, "message") else e.cause)) from e
-        except RPCError as e:
-            if e.status == RPCStatusCode.NOT_FOUND:
-                raise ServiceNotFound(f"service {name!r} not found") from e
-            raise
+        return await _execute_update(
+            self._service(name), update, arg, result, ServiceNotFound(f"service {name!r} not found")
+        )
 
     async def update_service(self, name: str, spec: ServiceSpec, mode: str) -> int:
         res = await self._service_update(
@@ -635,6 +629,21 @@ class SkyloomClient:
         res = await self._service_update(name, ServiceUpdate.DOWN, DownServiceInput(), ServiceView)
         assert isinstance(res, ServiceView)
         return res
+
+
+async def _execute_update(
+    handle: WorkflowHandle, update: str, arg: object, result_type: type, missing: LookupError
+) -> object:
+    """An update's result; Rejected with the workflow's reason when it refuses, `missing`
+    when there is no such workflow."""
+    try:
+        return await handle.execute_update(update, arg, result_type=result_type)
+    except WorkflowUpdateFailedError as e:
+        raise Rejected(str(e.cause.message if hasattr(e.cause, "message") else e.cause)) from e
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND:
+            raise missing from e
+        raise
 
 
 def _search_attributes(kind: str, name: str, status: str, infra: str) -> TypedSearchAttributes:

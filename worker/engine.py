@@ -44,7 +44,8 @@ class EngineStatus:
         return asdict(self)
 
 
-def _alive(pid: int | None) -> bool:
+def pid_alive(pid: int | None) -> bool:
+    """Whether process `pid` runs (a zombie does not)."""
     if not pid:
         return False
     try:
@@ -129,8 +130,8 @@ class EmbeddedEngine:
             ui_url=f"http://127.0.0.1:{info['ui_port']}" if info else None,
             server_pid=server_pid,
             worker_pid=worker_pid,
-            server_running=_alive(server_pid),
-            worker_running=_alive(worker_pid),
+            server_running=pid_alive(server_pid),
+            worker_running=pid_alive(worker_pid),
             state_dir=str(self.home),
         )
 
@@ -211,7 +212,7 @@ class EmbeddedEngine:
     def stop(self) -> EngineStatus:
         for name in ("worker", "server"):
             pid = self._pid(name)
-            if _alive(pid):
+            if pid_alive(pid):
                 assert pid is not None
                 _terminate(pid)
             (self.dir / f"{name}.pid").unlink(missing_ok=True)
@@ -222,11 +223,11 @@ def _terminate(pid: int, grace: float = 10) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while _alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-    if _alive(pid):
+    if pid_alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import httpx
+from skyloom.worker.engine import pid_alive
 
 log = logging.getLogger("skyloom.lb")
 
@@ -60,19 +61,6 @@ def _port_free(port: int) -> bool:
             s.bind(("127.0.0.1", port))
         except OSError:
             return False
-    return True
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError, IndexError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
     return True
 
 
@@ -225,7 +213,7 @@ class CaddyProcess:
             if self._child_exited():
                 assert self._proc is not None
                 gone = f"exited with {self._proc.returncode}"
-            elif self._proc is None and (pid := self.pid) and not _pid_alive(pid):
+            elif self._proc is None and (pid := self.pid) and not pid_alive(pid):
                 gone = "exited"  # the adopted one
             elif loop.time() >= next_probe:
                 next_probe = loop.time() + _PROBE_EVERY
@@ -268,7 +256,7 @@ class CaddyProcess:
             if self._proc is not None and self._proc.pid == pid:
                 if self._proc.poll() is not None:
                     return
-            elif not _pid_alive(pid):
+            elif not pid_alive(pid):
                 return
             await asyncio.sleep(0.05)
         with contextlib.suppress(ProcessLookupError):
@@ -278,7 +266,7 @@ class CaddyProcess:
 
     def _ours(self, pid: int) -> bool:
         """pid is a live Caddy started on this state dir (not a recycled pid)."""
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             return False
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
