@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from skyloom.activities.errors import kind_of, message_of, where_of
 from skyloom.activities.models import (
@@ -545,14 +545,17 @@ class SkyloomClient:
 
     # -- services ------------------------------------------------------------------------
 
-    async def serve_up(self, name: str, spec: ServiceSpec) -> str:
-        """Start service `name` (its workflow id); Rejected when one of that name runs."""
+    async def serve_up(
+        self, name: str, spec: ServiceSpec, tuning: dict[str, Any] | None = None
+    ) -> str:
+        """Start service `name` (its workflow id); Rejected when one of that name runs.
+        `tuning` sets ServiceInput's cadences (report, drain, retry, continue-as-new)."""
         wid = service_workflow_id(name)
         infra = spec.task.candidates[0].infra
         try:
             await self.client.start_workflow(
                 SERVICE_WORKFLOW,
-                ServiceInput(name=name, spec=spec, user=user()),
+                ServiceInput(name=name, spec=spec, user=user(), **(tuning or {})),
                 id=wid,
                 task_queue=TASK_QUEUE,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,

@@ -4,6 +4,7 @@ through the service's endpoint, as a user's would."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -18,13 +19,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from skyloom.cli.serve import service_spec
+from skyloom.client.api import SkyloomClient
+from skyloom.client.connection import connect, resolve_target
+from skyloom.workflows.models import service_workflow_id
 
 from tests.integration.conftest import Sky, wait_until
 
 pytestmark = pytest.mark.integration
 
 # A replica: answers `/` with its id and version, `/health` with 200 unless its sick
-# file exists, `/slow` after a while. It listens where skyloom tells it.
+# file exists, `/slow` after a while. It listens where skyloom tells it, and notes each
+# start of its server in ctl/starts.
 REPLICA = """
 import os, sys, time, pathlib
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
@@ -51,6 +57,8 @@ class H(BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
 
+with open(ctl / "starts", "a") as f:
+    f.write(f"{rid}\\n")
 print(f"replica {rid} v{version} on port {os.environ['SKYLOOM_REPLICA_PORT']}", flush=True)
 ThreadingHTTPServer(("127.0.0.1", int(os.environ["SKYLOOM_REPLICA_PORT"])), H).serve_forever()
 """
@@ -64,7 +72,7 @@ def app(tmp_path: Path) -> Path:
 
 
 def service_yaml(app: Path, name: str, *, version: int = 1, spot: bool = False,
-                 service: str = "replicas: 2") -> Path:  # fmt: skip
+                 service: str = "replicas: 2", setup: str = "true") -> Path:  # fmt: skip
     body = textwrap.dedent(f"""\
         name: {name}
         resources:
@@ -73,6 +81,7 @@ def service_yaml(app: Path, name: str, *, version: int = 1, spot: bool = False,
           use_spot: {str(spot).lower()}
         envs:
           VERSION: "{version}"
+        setup: '{setup}'
         run: exec python3 {app}/replica.py {app}/ctl
         service:
           readiness_probe:
@@ -318,6 +327,121 @@ def test_autoscaler_scales_up_under_load_and_down_after_the_delay(sky: Sky, app:
     wait_until(lambda: status(sky, name)["target_replicas"] == 1, 90, "target back to 1")
     wait_until(lambda: len([r for r in status(sky, name)["replicas"]
                             if r["status"] == "READY"]) == 1, 30, "one replica left")  # fmt: skip
+
+
+def starts(app: Path, what: str = "starts") -> Counter[int]:
+    """How many times each replica's server (or setup) was started."""
+    path = app / "ctl" / what
+    return Counter(int(r) for r in path.read_text().split()) if path.exists() else Counter()
+
+
+# A slow setup that notes each replica it runs for: the worker is killed in the middle of
+# a replica's launch.
+SLOW_SETUP = "echo $SKYPILOT_SERVE_REPLICA_ID >> {ctl}/setups; sleep 3"
+
+
+def clusters(nodes_root: Path, name: str) -> set[str]:
+    return {p.name for p in nodes_root.glob(f"{name}-*")}
+
+
+def test_worker_killed_during_scale_up_loses_and_duplicates_nothing(
+    sky: Sky, app: Path, down, nodes_root
+):
+    name = "svc-crash-up"
+    policy = """\
+        replica_policy:
+          min_replicas: 1
+          max_replicas: 3
+          target_qps_per_replica: 5
+          upscale_delay_seconds: 2
+          downscale_delay_seconds: 600
+        """
+    setup = SLOW_SETUP.format(ctl=app / "ctl")
+    path = service_yaml(app, name, service=textwrap.dedent(policy), setup=setup)
+    endpoint = up(sky, path, name, down)
+    with Load(endpoint + "/", every=0.05) as load:
+        wait_until(lambda: starts(app, "setups")[2] == 1, 60, "replica 2's setup")
+        sky.kill_worker()
+        print("killed at", [(r["id"], r["status"]) for r in status(sky, name)["replicas"]])
+        # The load balancer outlives the worker: the endpoint keeps answering.
+        time.sleep(2)
+        sky.restart_worker()
+        wait_until(lambda: len(ready(sky, name)) == 3, 120, "three replicas READY")
+    assert load.failures == [], load.failures[:5]
+    assert {r["id"] for r in status(sky, name)["replicas"]} == {1, 2, 3}
+    assert clusters(nodes_root, name) == {f"{name}-1", f"{name}-2", f"{name}-3"}
+    assert starts(app) == starts(app, "setups") == {1: 1, 2: 1, 3: 1}
+
+
+def test_worker_killed_during_update_loses_and_duplicates_nothing(
+    sky: Sky, app: Path, down, nodes_root
+):
+    name = "svc-crash-upd"
+    setup = SLOW_SETUP.format(ctl=app / "ctl")
+    endpoint = up(sky, service_yaml(app, name, setup=setup), name, down)
+    wait_until(lambda: len(ready(sky, name)) == 2, 60, "two replicas READY")
+    with Load(endpoint + "/", every=0.01) as load:
+        new = service_yaml(app, name, version=2, setup=setup)
+        sky.ok("serve", "update", name, str(new), "-y")
+        wait_until(lambda: starts(app, "setups")[3] == 1, 60, "replica 3's setup")
+        sky.kill_worker()
+        print(
+            "killed at",
+            [(r["id"], r["version"], r["status"]) for r in status(sky, name)["replicas"]],
+        )
+        time.sleep(2)
+        sky.restart_worker()
+
+        def moved() -> bool:
+            rs = status(sky, name)["replicas"]
+            return len(rs) == 2 and all(r["version"] == 2 and r["status"] == "READY" for r in rs)
+
+        wait_until(moved, 120, "both replicas on version 2")
+    print(f"update across a worker kill: {load.sent} requests, {len(load.failures)} failed, "
+          f"{load.resent} resent once")  # fmt: skip
+    assert load.failures == [], load.failures[:5]
+    assert {r["id"] for r in status(sky, name)["replicas"]} == {3, 4}
+    wait_until(lambda: clusters(nodes_root, name) == {f"{name}-3", f"{name}-4"}, 30,
+               "the old replicas' clusters gone")  # fmt: skip
+    assert starts(app) == starts(app, "setups") == {1: 1, 2: 1, 3: 1, 4: 1}
+
+
+def test_the_service_continues_as_new_while_serving(
+    sky: Sky, app: Path, down, nodes_root, monkeypatch: pytest.MonkeyPatch
+):
+    """A service that lives for months continues as new; on the real engine its replicas,
+    their probing and the endpoint carry on across each new run."""
+    name = "svc-can"
+    monkeypatch.setenv("SKYLOOM_HOME", sky.env["SKYLOOM_HOME"])
+    monkeypatch.delenv("TEMPORAL_ADDRESS", raising=False)
+    _, spec = service_spec(str(service_yaml(app, name)), {}, {}, {})
+    tuning = {"continue_after_events": 10, "idle_report_seconds": 1}
+
+    async def start() -> None:
+        target = resolve_target(start_embedded=False)
+        await SkyloomClient(await connect(target), target).serve_up(name, spec, tuning)
+
+    async def runs() -> Counter[str]:
+        client = await connect(resolve_target(start_embedded=False))
+        query = f'WorkflowId = "{service_workflow_id(name)}"'
+        return Counter([ex.status.name async for ex in client.list_workflows(query)])  # type: ignore[union-attr]
+
+    down.append(name)
+    asyncio.run(start())
+    wait_until(lambda: len(ready(sky, name)) == 2, 60, "two replicas READY")
+    endpoint = status(sky, name)["endpoint"]
+    before = asyncio.run(runs())["CONTINUED_AS_NEW"]
+    with Load(endpoint + "/") as load:
+        wait_until(lambda: asyncio.run(runs())["CONTINUED_AS_NEW"] >= before + 3, 60,
+                   "three more runs")  # fmt: skip
+        # The newest run probes what the first one launched: a sick replica is replaced.
+        (app / "ctl" / "sick-1").touch()
+        wait_until(lambda: {r["id"] for r in ready(sky, name)} == {2, 3}, 60, "replica 3")
+    print(f"across {asyncio.run(runs())}: {load.sent} requests, {len(load.failures)} failed")
+    assert load.failures == [], load.failures[:5]
+    assert starts(app) == {1: 1, 2: 1, 3: 1}
+    wait_until(lambda: clusters(nodes_root, name) == {f"{name}-2", f"{name}-3"}, 30,
+               "replica 1's cluster gone")  # fmt: skip
 
 
 @pytest.mark.parametrize(
