@@ -6,15 +6,16 @@ soon a replica that became ready gets traffic.
 
 Run by hand, never in CI; loopback only. Two measurements:
 
-  * lb: the same two replicas (one Caddy with two `static_response` servers, so the
-    replicas are never the bottleneck) loaded by wrk, in the same run, (a) directly (one
-    replica), (b) through skyloom's load balancer: an embedded Caddy started by
-    worker/lb.py's CaddyProcess, its service server made and pointed at both replicas by
-    activities/serve/lb.py's LoadBalancer, as the worker does, and (c) through SkyServe's
-    load balancer (skypilot 0.14.1, /work/shared/baselines/skyserve-lb/, against its
-    stand-in controller). p50/p99 latency and requests/s at each connection count, as a
-    markdown table with ratios to direct. Goals: added p50 ≤ 0.2 ms over direct at 1
-    connection; ≥ 20x SkyServe's throughput at 32 connections.
+  * lb: the same two replicas (one HAProxy answering a fixed 200 on two ports: compiled
+    and light, so the replicas are never the bottleneck) loaded by wrk, in the same run,
+    (a) directly (one replica), (b) through skyloom's load balancer: an embedded Caddy
+    started by worker/lb.py's CaddyProcess, its service server made and pointed at both
+    replicas by activities/serve/lb.py's LoadBalancer, as the worker does, (c) through
+    SkyServe's load balancer (skypilot 0.14.1, /work/shared/baselines/skyserve-lb/,
+    against its stand-in controller), and for reference a bare Caddy reverse proxy and a
+    bare HAProxy on the same replicas. p50/p99 latency and requests/s at each connection
+    count, as a markdown table with ratios to direct. Goals: added p50 ≤ 0.2 ms over
+    direct at 1 connection; ≥ 20x SkyServe's throughput at 32 connections.
   * ready: from a replica becoming ready (the wall-clock time its first successful
     readiness-probe answer was sent) to the first request proxied to it, through the real
     product path: `skyloom serve up` of a one-replica service on the local infra in a
@@ -22,10 +23,10 @@ Run by hand, never in CI; loopback only. Two measurements:
     Median and max over --runs services. Goal: ≤ 1 s (SkyServe: up to 20 s, its load
     balancer syncs the replica list every 20 s).
 
-Needs wrk (`apt-get install -y wrk`). SkyServe needs a venv with skypilot==0.14.1: made
-once in --skyserve-venv (default ~/.cache/skyloom-bench/skyserve) with `python3 -m venv`
-and pip when missing. Everything else lives in a throwaway dir; every process started
-here is ended by its pid, and the engine is stopped.
+Needs wrk and haproxy (`apt-get install -y wrk haproxy`). SkyServe needs a venv with
+skypilot==0.14.1: made once in --skyserve-venv (default ~/.cache/skyloom-bench/skyserve)
+with `python3 -m venv` and pip when missing. Everything else lives in a throwaway dir;
+every process started here is ended by its pid, and the engine is stopped.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ from skyloom.worker.lb import CaddyProcess, caddy_binary  # noqa: E402
 
 from bench.cli_and_launch import SKY  # noqa: E402
 
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+PATHS = ("direct", "skyloom", "SkyServe", "Caddy, bare", "HAProxy, bare")
 SKYSERVE_VERSION = "0.14.1"
 BASELINE = Path("/work/shared/baselines/skyserve-lb")
 GOAL_ADDED_P50_MS = 0.2
@@ -174,25 +177,64 @@ def wrk(url: str, connections: int, duration: str) -> Result:
 
 
 def start_replicas(tmp: Path, n: int) -> tuple[subprocess.Popen, list[str]]:
-    """One Caddy serving n replicas, each a `static_response` server on its own port."""
+    """One HAProxy answering on n ports with a fixed 200 (`http-request return`): a
+    compiled replica that costs so little CPU that on a 2-core machine the path in front of
+    it, not the replica, is what the rows measure. (Caddy's own `static_response` took
+    about 60% of a core at 32 connections here, and halved every proxy's figures.)"""
     ports = [free_port() for _ in range(n)]
-    servers = {
-        f"replica-{i}": {
-            "listen": [f"127.0.0.1:{port}"],
-            "automatic_https": {"disable": True},
-            "protocols": ["h1"],
-            "routes": [{"handle": [{"handler": "static_response", "body": f"r{i}\n"}]}],
-        }
+    frontends = "".join(
+        f"frontend replica-{i}\n  bind 127.0.0.1:{port}\n"
+        f'  http-request return status 200 content-type text/plain string "r{i}"\n'
         for i, port in enumerate(ports, 1)
-    }
-    config = {
-        "admin": {"disabled": True},
-        "logging": {"logs": {"default": {"level": "ERROR"}}},
-        "apps": {"http": {"servers": servers}},
-    }
+    )
     d = tmp / "replicas"
     d.mkdir()
-    (d / "config.json").write_text(json.dumps(config, indent=2))
+    cfg = d / "haproxy.cfg"
+    cfg.write_text(HAPROXY_GLOBAL.format(threads=1) + frontends)
+    proc = start_haproxy(d, cfg)
+    addresses = [f"127.0.0.1:{p}" for p in ports]
+    for a in addresses:
+        wait_for(f"http://{a}/", 200, 15, proc)
+    return proc, addresses
+
+
+HAPROXY_GLOBAL = """\
+global
+  nbthread {threads}
+defaults
+  mode http
+  timeout connect 3s
+  timeout client 60s
+  timeout server 60s
+"""
+
+
+def start_haproxy(d: Path, cfg: Path) -> subprocess.Popen:
+    with open(d / "haproxy.log", "ab") as log:
+        return subprocess.Popen(
+            [HAPROXY, "-db", "-f", str(cfg)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=d,
+        )
+
+
+def start_bare_caddy(tmp: Path, replicas: list[str]) -> tuple[subprocess.Popen, str]:
+    """Reference: Caddy's plainest reverse proxy (no retries, health, metrics or flush
+    settings), so the table shows what skyloom's config adds to Caddy itself."""
+    port = free_port()
+    server = {
+        "listen": [f"127.0.0.1:{port}"],
+        "automatic_https": {"disable": True},
+        "routes": [
+            {"handle": [{"handler": "reverse_proxy", "upstreams": [{"dial": a} for a in replicas]}]}
+        ],
+    }
+    config = {"admin": {"disabled": True}, "apps": {"http": {"servers": {"bare": server}}}}
+    d = tmp / "bare-caddy"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(config))
     env = {**os.environ, "HOME": str(d), "XDG_DATA_HOME": str(d), "XDG_CONFIG_HOME": str(d)}
     with open(d / "caddy.log", "ab") as log:
         proc = subprocess.Popen(
@@ -203,10 +245,28 @@ def start_replicas(tmp: Path, n: int) -> tuple[subprocess.Popen, list[str]]:
             cwd=d,
             env=env,
         )
-    addresses = [f"127.0.0.1:{p}" for p in ports]
-    for a in addresses:
-        wait_for(f"http://{a}/", 200, 15, proc)
-    return proc, addresses
+    url = f"http://127.0.0.1:{port}/"
+    wait_for(url, 200, 15, proc)
+    return proc, url
+
+
+def start_bare_haproxy(tmp: Path, replicas: list[str]) -> tuple[subprocess.Popen, str]:
+    """Reference: HAProxy round robin over the same replicas (the C load balancer that
+    would be the alternative to Caddy)."""
+    port = free_port()
+    servers = "".join(f"  server r{i} {a}\n" for i, a in enumerate(replicas, 1))
+    d = tmp / "bare-haproxy"
+    d.mkdir()
+    cfg = d / "haproxy.cfg"
+    cfg.write_text(
+        HAPROXY_GLOBAL.format(threads=os.cpu_count() or 1)
+        + f"frontend lb\n  bind 127.0.0.1:{port}\n  default_backend replicas\n"
+        + f"backend replicas\n  balance roundrobin\n{servers}"
+    )
+    proc = start_haproxy(d, cfg)
+    url = f"http://127.0.0.1:{port}/"
+    wait_for(url, 200, 15, proc)
+    return proc, url
 
 
 async def start_skyloom_lb(tmp: Path, replicas: list[str]) -> tuple[CaddyProcess, str]:
@@ -289,17 +349,23 @@ def bench_lb(args: argparse.Namespace, tmp: Path) -> None:
     conns = [int(c) for c in args.connections.split(",") if c]
     replicas_proc, replicas = start_replicas(tmp, 2)
     caddy: CaddyProcess | None = None
-    skyserve: list[subprocess.Popen] = []
+    others: list[subprocess.Popen] = []
     try:
         caddy, skyloom_url = asyncio.run(start_skyloom_lb(tmp, replicas))
         wait_for(skyloom_url, 200, 15)
         skyserve, skyserve_url = start_skyserve_lb(
             tmp, replicas, args.skyserve_venv, args.skyserve_dir
         )
+        others += skyserve
+        bare_caddy, bare_caddy_url = start_bare_caddy(tmp, replicas)
+        bare_haproxy, bare_haproxy_url = start_bare_haproxy(tmp, replicas)
+        others += [bare_caddy, bare_haproxy]
         targets = {
             "direct": f"http://{replicas[0]}/",
             "skyloom": skyloom_url,
             "SkyServe": skyserve_url,
+            "Caddy, bare": bare_caddy_url,
+            "HAProxy, bare": bare_haproxy_url,
         }
         print(f"replicas {', '.join(replicas)}; wrk for {args.duration} per row", flush=True)
         for url in targets.values():
@@ -310,12 +376,12 @@ def bench_lb(args: argparse.Namespace, tmp: Path) -> None:
             for name, url in targets.items():
                 r = results[name, c] = wrk(url, c, args.duration)
                 print(
-                    f"  {name:8} {c:4} conns: p50 {r.p50_ms:.3f} ms, p99 {r.p99_ms:.3f} ms, "
+                    f"  {name:13} {c:4} conns: p50 {r.p50_ms:.3f} ms, p99 {r.p99_ms:.3f} ms, "
                     f"{r.rps:,.0f} req/s, {r.errors} errors",
                     flush=True,
                 )
     finally:
-        for p in reversed(skyserve):
+        for p in reversed(others):
             end(p)
         if caddy is not None:
             asyncio.run(caddy.close())
@@ -329,7 +395,7 @@ def report_lb(results: dict[tuple[str, int], Result], conns: list[int]) -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for c in conns:
         d = results["direct", c]
-        for name in ("direct", "skyloom", "SkyServe"):
+        for name in PATHS:
             r = results[name, c]
             print(
                 f"| {name} | {c} | {r.p50_ms:.3f} | {r.p99_ms:.3f} | {r.rps:,.0f} | {r.errors} "
@@ -544,8 +610,8 @@ def main() -> None:
     for d in (args.duration, args.warmup):
         if not re.fullmatch(r"\d+[smh]?", d):
             raise SystemExit(f"expected a duration like 10s, got {d!r}")
-    if args.only != "ready" and shutil.which("wrk") is None:
-        print("wrk is missing: apt-get install -y wrk", file=sys.stderr)
+    if args.only != "ready" and not (shutil.which("wrk") and Path(HAPROXY).exists()):
+        print("wrk and haproxy are needed: apt-get install -y wrk haproxy", file=sys.stderr)
         sys.exit(2)
     caddy = subprocess.run([caddy_binary(), "version"], capture_output=True, text=True)
     print(
