@@ -406,6 +406,30 @@ def test_worker_killed_during_update_loses_and_duplicates_nothing(
     assert starts(app) == starts(app, "setups") == {1: 1, 2: 1, 3: 1, 4: 1}
 
 
+def test_a_killed_load_balancer_is_restarted_and_resynced(sky: Sky, app: Path, down):
+    name = "svc-lb-kill"
+    endpoint = up(sky, service_yaml(app, name), name, down)
+    wait_until(lambda: len(ready(sky, name)) == 2, 60, "two replicas READY")
+    info = Path(sky.env["SKYLOOM_HOME"]) / "lb" / "caddy.json"
+    pid = json.loads(info.read_text())["pid"]
+    os.kill(pid, signal.SIGKILL)
+
+    def serving() -> bool:
+        try:
+            return {replica_of(get(endpoint + "/", timeout=2)) for _ in range(10)} == {1, 2}
+        except (urllib.error.URLError, OSError):
+            return False
+
+    # The worker starts a new Caddy and the serving loop puts the service back, on the
+    # same endpoint, with the same READY replicas; nothing is relaunched.
+    wait_until(serving, 30, "the endpoint back with both replicas", every=0.2)
+    assert json.loads(info.read_text())["pid"] != pid
+    svc = status(sky, name)
+    assert svc["endpoint"] == endpoint
+    assert [(r["id"], r["status"]) for r in svc["replicas"]] == [(1, "READY"), (2, "READY")]
+    assert starts(app) == {1: 1, 2: 1}
+
+
 def test_the_service_continues_as_new_while_serving(
     sky: Sky, app: Path, down, nodes_root, monkeypatch: pytest.MonkeyPatch
 ):

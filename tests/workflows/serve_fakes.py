@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 from skyloom.activities import models as m
+from skyloom.activities.errors import ErrorKind, provider_error
 from skyloom.activities.models import (
     ClusterHandle,
     ClusterRef,
@@ -77,6 +78,8 @@ class ServeCloud(FakeCloud):
         self.terminated: list[str] = []
         # Where each node's serving port lands (NodeInfo.ports), as the local infra does.
         self.port_map: dict[int, int] = {}
+        # No spot capacity anywhere: spot provisions fail as a cloud's would.
+        self.no_spot = False
         # ---- the serving loop
         # Every call (not every retry of one), in order, and by generation the clusters
         # whose run phase had been started when it came.
@@ -232,6 +235,8 @@ class ServeCloud(FakeCloud):
     async def provision(self, inp: ProvisionInput) -> ClusterHandle:
         with self.busy():
             self.provisioned.append(inp)
+            if self.no_spot and inp.resources.get("use_spot"):
+                raise provider_error(ErrorKind.NO_CAPACITY, "no spot capacity in fake")
             handle = await super().provision(inp)
             if self.port_map:
                 for node in handle.nodes:

@@ -393,6 +393,48 @@ async def test_a_preempted_spot_replica_is_replaced_by_a_spot_replica(env, cloud
         assert f"{name}-1" in cloud.terminated and f"{name}-1" not in cloud.live
 
 
+def spot_flags(cloud: ServeCloud) -> list[bool]:
+    """use_spot of each provision, in order."""
+    return [bool(p.resources.get("use_spot")) for p in cloud.provisioned]
+
+
+async def test_base_ondemand_fallback_replicas_are_on_demand_the_rest_spot(env, cloud):
+    policy = ScalePolicy(min_replicas=2, base_ondemand_fallback_replicas=1)
+    async with worker(env, cloud):
+        h = await start(env, spec(policy=policy, spot=True))
+        name = name_of(h)
+        v = await until(h, lambda v: ready_ids(v) == [1, 2], "both READY")
+        assert sorted(r.spot for r in alive(v)) == [False, True]
+        # The spot one is preempted: a spot one takes its place; the on-demand one stays.
+        (spot,) = [r for r in alive(v) if r.spot]
+        await signal(h, cloud, [preempted(await run_started(cloud, f"{name}-{spot.id}"))])
+        v = await until(h, lambda v: len(ready_ids(v)) == 2 and spot.id not in ready_ids(v),
+                        "a replacement READY")  # fmt: skip
+        assert sorted(r.spot for r in alive(v)) == [False, True]
+        assert spot_flags(cloud).count(False) == 1
+
+
+async def test_dynamic_ondemand_fallback_serves_on_demand_until_spot_is_ready(env, cloud):
+    cloud.no_spot = True
+    policy = ScalePolicy(min_replicas=1, dynamic_ondemand_fallback=True)
+    async with worker(env, cloud):
+        h = await start(env, spec(policy=policy, spot=True))
+        name = name_of(h)
+        # No spot capacity: an on-demand replica stands in and serves.
+        v = await until(h, lambda v: any(r.status is R.READY and not r.spot for r in v.replicas),
+                        "an on-demand replica READY")  # fmt: skip
+        (od,) = [r for r in alive(v) if not r.spot]
+        assert any(r.status is R.FAILED_PROVISION and r.spot for r in v.replicas)
+        assert v.status is S.READY  # the version served: spot failures do not fail it
+        # Spot capacity comes back: a spot replica gets READY, then the stand-in goes.
+        cloud.no_spot = False
+        await skip(h, cloud, 400)
+        v = await until(h, lambda v: [r.spot for r in alive(v)] == [True] and bool(ready_ids(v)),
+                        "only a spot replica, READY")  # fmt: skip
+        assert f"{name}-{od.id}" in cloud.terminated
+        assert spot_flags(cloud).count(False) == 1
+
+
 async def test_a_version_that_never_gets_ready_fails_the_service_until_updated(env, cloud):
     cloud.release(1, "run", [1])  # every replica's server exits at once
     async with worker(env, cloud):
