@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from skyloom.activities.serve.lb import LoadBalancer  # noqa: E402
+from skyloom.worker.engine import free_port  # noqa: E402
 from skyloom.worker.lb import CaddyProcess, caddy_binary  # noqa: E402
 
 from bench.cli_and_launch import SKY  # noqa: E402
@@ -68,12 +69,6 @@ GOAL_VS_SKYSERVE = 20.0
 GOAL_READY_S = 1.0
 # What the ready measurement's client waits between two requests (its resolution).
 LOAD_EVERY = 0.005
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def free_range(n: int) -> range:

